@@ -1,0 +1,117 @@
+// Command aftercare-agent is the Aftercare device agent. It enrolls the
+// device at first start, then keeps it on its assigned, signed release:
+// verify, install into the inactive slot, reboot, commit or roll back, and
+// report every step. See docs/agent.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/aftercare/aftercare/agent/internal/agent"
+	"github.com/aftercare/aftercare/agent/internal/boot"
+	"github.com/aftercare/aftercare/agent/internal/config"
+	"github.com/aftercare/aftercare/agent/internal/health"
+	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/protocol"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "aftercare-agent:", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+// errConfig marks configuration errors, which exit with status 2.
+var errConfig = errors.New("configuration")
+
+func exitCode(err error) int {
+	if errors.Is(err, errConfig) {
+		return 2
+	}
+	return 1
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.Load(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stderr, config.Usage())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", errConfig, err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Level()}))
+	log.Info("effective configuration", "config", cfg)
+	root, err := os.ReadFile(cfg.TrustedRoot)
+	if err != nil {
+		return fmt.Errorf("%w: trusted_root: %w", errConfig, err)
+	}
+	httpc := agent.NewHTTPClient()
+	id, ok, err := agent.LoadIdentity(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if cfg.EnrollmentToken == "" {
+			return fmt.Errorf("%w: the device is not enrolled and enrollment_token is not set", errConfig)
+		}
+		id, err = agent.Enroll(ctx, httpc, cfg.ServerURL, cfg.StateDir, protocol.EnrollRequest{
+			Token: string(cfg.EnrollmentToken), Serial: cfg.Serial, Model: cfg.Model,
+			HardwareRevision: cfg.HardwareRevision, InstalledVersion: cfg.FactoryVersion,
+		})
+		if err != nil {
+			return err
+		}
+		log.Info("enrolled", "device_id", id.DeviceID, "site_id", id.SiteID)
+	}
+	bl, err := boot.OpenFile(cfg.BootDir)
+	if err != nil {
+		return err
+	}
+	checker := health.Checker{Commands: cfg.HealthCommands, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
+	for {
+		ag, err := agent.New(agent.Options{
+			ServerURL: cfg.ServerURL, Identity: id, BrokerURL: cfg.BrokerURL,
+			Model: cfg.Model, HardwareRevision: cfg.HardwareRevision, FactoryVersion: cfg.FactoryVersion,
+			BootstrapRoot: root, StateDir: cfg.StateDir, Boot: bl,
+			Slots:  map[firmware.Slot]string{firmware.SlotA: cfg.SlotA, firmware.SlotB: cfg.SlotB},
+			Health: checker.Check, PollInterval: cfg.PollInterval, OutboxBytes: cfg.OutboxBytes,
+			HTTP: httpc, Log: log,
+		})
+		if err != nil {
+			return err
+		}
+		err = ag.Run(ctx)
+		if !errors.Is(err, agent.ErrReboot) {
+			return err
+		}
+		if cfg.Bootloader == "file" {
+			// No real bootloader: play its part and start again.
+			slot, err := bl.PowerOn()
+			if err != nil {
+				return err
+			}
+			log.Info("simulated reboot", "booted", slot, "boot_dir", filepath.Clean(cfg.BootDir))
+			continue
+		}
+		log.Info("rebooting", "command", cfg.RebootCommand)
+		if out, err := exec.CommandContext(ctx, cfg.RebootCommand[0], cfg.RebootCommand[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("reboot command %q: %w: %s", cfg.RebootCommand, err, out)
+		}
+		<-ctx.Done()
+		return nil
+	}
+}

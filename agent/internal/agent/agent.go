@@ -1,0 +1,341 @@
+// Package agent is the device agent's main loop: it finishes an install
+// across a reboot, then checks for an assignment at start, on every MQTT
+// hint and on a jittered poll timer, and installs it when the release
+// repository vouches for it. Every state change goes to the on-disk outbox
+// and from there to the server.
+//
+// A check goes: assignment (from the API; only a pointer) -> release
+// repository refresh and signed entry (update) -> device checks (model,
+// version) -> stream into the inactive slot (install) -> arm the slot ->
+// ErrReboot. The caller reboots; the next Run commits or reports the
+// rollback.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/aftercare/aftercare/agent/internal/install"
+	"github.com/aftercare/aftercare/agent/internal/report"
+	"github.com/aftercare/aftercare/agent/internal/update"
+	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/protocol"
+)
+
+// ErrReboot is returned by Run when the device must reboot to continue: a
+// new slot is armed, or an unhealthy slot must fall back.
+var ErrReboot = errors.New("agent: reboot required")
+
+// Options configures an Agent.
+type Options struct {
+	ServerURL        string   // fleet server API base URL; required
+	Identity         Identity // from enrollment; required
+	BrokerURL        string   // overrides Identity.BrokerURL when set
+	Model            string   // required
+	HardwareRevision string
+	FactoryVersion   string // version of the booted slot at first start; required
+	BootstrapRoot    []byte // release repository root shipped in the image; required
+	StateDir         string // required
+	Boot             install.Bootloader
+	Slots            map[firmware.Slot]string
+	// Health decides whether a freshly booted slot may be committed; nil
+	// accepts every boot.
+	Health       func(context.Context) error
+	PollInterval time.Duration // default 1h; each wait is jittered by ±20%
+	OutboxBytes  int64         // outbox budget; default report.DefaultMaxBytes
+	HTTP         *http.Client  // required; its transport has timeouts
+	Log          *slog.Logger  // required
+	Now          func() time.Time
+}
+
+// Agent is one device's agent. Run it once per boot.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	inst    *install.Installer
+	updater *update.Client
+	outbox  *report.Outbox
+	state   *stateFile
+}
+
+// New prepares an agent: installer, release repository client and outbox.
+func New(opts Options) (*Agent, error) {
+	if opts.ServerURL == "" || opts.Identity.DeviceID == "" || opts.Model == "" || opts.FactoryVersion == "" ||
+		len(opts.BootstrapRoot) == 0 || opts.StateDir == "" || opts.Boot == nil || opts.HTTP == nil || opts.Log == nil {
+		return nil, errors.New("agent: ServerURL, Identity, Model, FactoryVersion, BootstrapRoot, StateDir, Boot, HTTP and Log are required")
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Health == nil {
+		opts.Health = func(context.Context) error { return nil }
+	}
+	if opts.BrokerURL == "" {
+		opts.BrokerURL = opts.Identity.BrokerURL
+	}
+	log := opts.Log.With("device_id", opts.Identity.DeviceID)
+	inst, err := install.New(install.Options{Boot: opts.Boot, Slots: opts.Slots, Dir: opts.StateDir, Log: log, Now: opts.Now}, opts.FactoryVersion)
+	if err != nil {
+		return nil, err
+	}
+	up, err := update.New(update.Options{
+		RepositoryURL: opts.ServerURL + "/tuf/release", BootstrapRoot: opts.BootstrapRoot,
+		CacheDir: filepath.Join(opts.StateDir, "tuf", "release"), HTTP: opts.HTTP, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ob, err := report.OpenOutbox(filepath.Join(opts.StateDir, "outbox"), opts.OutboxBytes)
+	if err != nil {
+		return nil, err
+	}
+	st, err := openState(filepath.Join(opts.StateDir, "agent.json"))
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{opts: opts, log: log, inst: inst, updater: up, outbox: ob, state: st}, nil
+}
+
+// Run finishes any install in progress and then serves assignments until
+// ctx ends (returning nil) or a reboot is needed (returning ErrReboot).
+func (a *Agent) Run(ctx context.Context) error {
+	link, err := report.Connect(report.LinkOptions{
+		BrokerURL: a.opts.BrokerURL, DeviceID: a.opts.Identity.DeviceID, Credential: a.opts.Identity.Credential,
+		TopicPrefix: a.opts.Identity.TopicPrefix, Log: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	defer link.Close()
+	sendCtx, stopSend := context.WithCancel(context.Background())
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		report.Deliver(sendCtx, a.outbox, link, a.log)
+	}()
+	defer func() {
+		stopSend()
+		<-sent
+	}()
+
+	if err := a.afterBoot(ctx); err != nil {
+		return a.beforeReboot(ctx, err)
+	}
+	for {
+		err := a.check(ctx)
+		if errors.Is(err, ErrReboot) {
+			return a.beforeReboot(ctx, err)
+		}
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("update check failed; will retry", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-link.Hints():
+			a.log.Debug("hint received")
+		case <-time.After(jitter(a.opts.PollInterval)):
+		}
+	}
+}
+
+// jitter spreads polls by ±20% so a fleet does not poll in step.
+func jitter(d time.Duration) time.Duration {
+	return d*8/10 + rand.N(d*4/10+1)
+}
+
+// beforeReboot gives the sender a moment to deliver what is queued, so the
+// server hears "installed" before the device goes quiet; what is not sent
+// stays in the outbox for the next boot.
+func (a *Agent) beforeReboot(ctx context.Context, err error) error {
+	if !errors.Is(err, ErrReboot) {
+		return err
+	}
+	deadline := time.After(3 * time.Second)
+	for {
+		pending, perr := a.outbox.Pending()
+		if perr != nil || len(pending) == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-deadline:
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// afterBoot reports how the install in progress before the reboot ended.
+func (a *Agent) afterBoot(ctx context.Context) error {
+	health := func(ctx context.Context, j install.Job) error {
+		a.report(protocol.StateBooted, j.Target, j.Version, "")
+		return a.opts.Health(ctx)
+	}
+	out, err := a.inst.AfterBoot(ctx, health)
+	if err != nil {
+		return err
+	}
+	j := out.Job
+	switch out.Kind {
+	case install.NoInstall:
+		a.report(protocol.StateIdle, "", "", "")
+	case install.Committed:
+		a.report(protocol.StateCommitted, j.Target, j.Version, "")
+	case install.Unhealthy:
+		a.report(protocol.StateFailed, j.Target, j.Version, out.Reason)
+		return ErrReboot
+	case install.RolledBack:
+		a.report(protocol.StateRolledBack, j.Target, j.Version, out.Reason)
+		a.state.refuse(j.RolloutID, j.Target, out.Reason)
+	case install.Interrupted:
+		a.report(protocol.StateFailed, j.Target, j.Version, out.Reason)
+	}
+	return nil
+}
+
+// report appends a state report for the running slot to the outbox.
+func (a *Agent) report(state protocol.State, target, version, reason string) {
+	_, running, err := a.inst.Running()
+	if err != nil {
+		a.log.Error("cannot read running slot for report", "err", err)
+	}
+	r, err := a.outbox.Append(protocol.StateReport{State: state, Running: running.Version, Target: target, Version: version, Reason: reason}, a.opts.Now())
+	if err != nil {
+		a.log.Error("report not queued", "state", state, "err", err)
+		return
+	}
+	a.log.Info("state", "seq", r.Seq, "state", state, "running", running.Version, "target", target, "reason", reason)
+}
+
+// check installs the device's assignment if it is new, signed and allowed.
+func (a *Agent) check(ctx context.Context) error {
+	asg, err := a.fetchAssignment(ctx)
+	if err != nil || asg == nil {
+		return err
+	}
+	_, running, err := a.inst.Running()
+	if err != nil {
+		return err
+	}
+	if asg.Version == running.Version || a.state.refused(asg.RolloutID, asg.TargetPath) {
+		return nil
+	}
+	t, err := a.updater.Lookup(ctx, asg.TargetPath)
+	if err == nil {
+		err = update.Check(t, a.opts.Model, a.opts.HardwareRevision, running.Version)
+	}
+	if err != nil {
+		return a.refuseOrRetry(ctx, asg, asg.Version, err)
+	}
+	if t.Manifest.Version == running.Version {
+		return nil
+	}
+	job := install.Job{RolloutID: asg.RolloutID, Target: t.Path, Version: t.Manifest.Version, Image: t.Manifest.Image}
+	a.report(protocol.StateDownloading, job.Target, job.Version, "")
+	body, err := a.download(ctx, t)
+	if err != nil {
+		return a.refuseOrRetry(ctx, asg, job.Version, err)
+	}
+	slot, err := a.inst.Write(ctx, body, job)
+	body.Close()
+	if err != nil {
+		return a.refuseOrRetry(ctx, asg, job.Version, err)
+	}
+	a.report(protocol.StateVerified, job.Target, job.Version, "")
+	if err := a.inst.Arm(slot, job); err != nil {
+		a.report(protocol.StateFailed, job.Target, job.Version, "arm slot: "+err.Error())
+		return err
+	}
+	a.report(protocol.StateInstalled, job.Target, job.Version, "")
+	return ErrReboot
+}
+
+// refuseOrRetry reports a failed install. A refusal (the signed metadata or
+// the image does not allow the install) is remembered for the rollout so
+// the device does not retry it; any other failure is retried at the next
+// check.
+func (a *Agent) refuseOrRetry(ctx context.Context, asg *protocol.Assignment, version string, err error) error {
+	if ctx.Err() != nil {
+		// Shutting down mid-check is not a failed install.
+		return err
+	}
+	if errors.Is(err, update.ErrRefused) || errors.Is(err, firmware.ErrMismatch) {
+		a.log.Warn("security event: assignment refused", "rollout_id", asg.RolloutID, "target", asg.TargetPath, "err", err)
+		a.report(protocol.StateFailed, asg.TargetPath, version, err.Error())
+		a.state.refuse(asg.RolloutID, asg.TargetPath, err.Error())
+		return nil
+	}
+	a.report(protocol.StateFailed, asg.TargetPath, version, err.Error())
+	return err
+}
+
+// maxAssignmentBytes bounds the assignment response.
+const maxAssignmentBytes = protocol.MaxPayloadBytes
+
+func (a *Agent) fetchAssignment(ctx context.Context) (*protocol.Assignment, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.opts.ServerURL+"/api/v1/device/assignment", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+a.opts.Identity.Credential)
+	res, err := a.opts.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch assignment: %w", err)
+	}
+	defer res.Body.Close()
+	switch res.StatusCode {
+	case http.StatusNoContent:
+		return nil, nil
+	case http.StatusOK:
+	case http.StatusUnauthorized:
+		return nil, errors.New("fetch assignment: the server rejected this device's credential (revoked or re-enrolled?)")
+	default:
+		return nil, fmt.Errorf("fetch assignment: status %s", res.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(res.Body, maxAssignmentBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("fetch assignment: %w", err)
+	}
+	var asg protocol.Assignment
+	if err := protocol.Decode(b, &asg); err != nil {
+		return nil, fmt.Errorf("fetch assignment: %w", err)
+	}
+	return &asg, nil
+}
+
+// download starts the image download. The installer enforces the signed
+// length and digests while it reads; a declared length above the signed one
+// is refused before reading anything.
+func (a *Agent) download(ctx context.Context, t *update.Target) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL, nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := a.opts.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", t.Path, err)
+	}
+	if res.StatusCode != http.StatusOK {
+		res.Body.Close()
+		return nil, fmt.Errorf("download %s: status %s", t.Path, res.Status)
+	}
+	if res.ContentLength > t.Length {
+		res.Body.Close()
+		return nil, &update.VerifyError{Target: t.Path, Reason: fmt.Sprintf("server offers %d bytes, more than the signed %d", res.ContentLength, t.Length)}
+	}
+	return res.Body, nil
+}

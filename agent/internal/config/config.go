@@ -1,0 +1,168 @@
+// Package config is the device agent's configuration: documented defaults,
+// then a YAML file (default /etc/aftercare/agent.yaml), then AFTERCARE_*
+// environment variables, then flags, validated once before anything starts.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/internal/confload"
+)
+
+// Config is the agent's configuration.
+type Config struct {
+	// ServerURL is the fleet server's base URL; required.
+	ServerURL string `yaml:"server_url" env:"SERVER_URL"`
+	// StateDir holds the identity, install journal, slot status, outbox and
+	// metadata cache; default /var/lib/aftercare. It must survive updates
+	// (a data partition, not a slot).
+	StateDir string `yaml:"state_dir" env:"STATE_DIR"`
+	// EnrollmentToken is the one-time token used at first start; ignored
+	// once the device has enrolled.
+	EnrollmentToken confload.Secret `yaml:"enrollment_token" env:"ENROLLMENT_TOKEN"`
+	Serial          string          `yaml:"serial" env:"SERIAL"`
+	// Model is the hardware model, matched against each release; required.
+	Model            string `yaml:"model" env:"MODEL"`
+	HardwareRevision string `yaml:"hardware_revision" env:"HARDWARE_REVISION"`
+	// FactoryVersion is the version of the image the agent shipped in, used
+	// until the agent has installed a release itself; required.
+	FactoryVersion string `yaml:"factory_version" env:"FACTORY_VERSION"`
+	// TrustedRoot is the release repository's root metadata shipped in the
+	// image; default /etc/aftercare/root.json.
+	TrustedRoot string `yaml:"trusted_root" env:"TRUSTED_ROOT"`
+	// BrokerURL overrides the broker given at enrollment.
+	BrokerURL string `yaml:"broker_url" env:"BROKER_URL"`
+	// PollInterval is how often the agent checks without a hint; default
+	// 1h, jittered by ±20%.
+	PollInterval time.Duration `yaml:"poll_interval" env:"POLL_INTERVAL"`
+	// Bootloader is "file" (a file-backed environment in BootDir, for
+	// development and tests).
+	Bootloader string `yaml:"bootloader" env:"BOOTLOADER"`
+	// BootDir is the file bootloader's directory; default StateDir/boot.
+	BootDir string `yaml:"boot_dir" env:"BOOT_DIR"`
+	// SlotA and SlotB are the two system partitions (block devices, or
+	// files with the file bootloader); required.
+	SlotA string `yaml:"slot_a" env:"SLOT_A"`
+	SlotB string `yaml:"slot_b" env:"SLOT_B"`
+	// HealthCommands must each exit 0 after booting a new slot.
+	HealthCommands [][]string `yaml:"health_commands"`
+	// HealthTimeout bounds the post-boot health check; default 2m.
+	HealthTimeout time.Duration `yaml:"health_timeout" env:"HEALTH_TIMEOUT"`
+	// RebootCommand reboots the device; default ["systemctl", "reboot"].
+	// With the file bootloader the agent simulates the reboot instead.
+	RebootCommand []string `yaml:"reboot_command"`
+	// OutboxBytes bounds the on-disk report buffer; default 4 MiB.
+	OutboxBytes int64 `yaml:"outbox_bytes" env:"OUTBOX_BYTES"`
+	// LogLevel is debug, info, warn or error; default info.
+	LogLevel string `yaml:"log_level" env:"LOG_LEVEL"`
+}
+
+// Default returns the documented defaults.
+func Default() Config {
+	return Config{
+		StateDir:      "/var/lib/aftercare",
+		TrustedRoot:   "/etc/aftercare/root.json",
+		PollInterval:  time.Hour,
+		Bootloader:    "file",
+		HealthTimeout: 2 * time.Minute,
+		RebootCommand: []string{"systemctl", "reboot"},
+		OutboxBytes:   4 << 20,
+		LogLevel:      "info",
+	}
+}
+
+// DefaultFile is read when -config is not given, if it exists.
+const DefaultFile = "/etc/aftercare/agent.yaml"
+
+// Load builds the configuration from defaults, the file named by -config,
+// the environment and flags, and validates it.
+func Load(args []string, getenv func(string) string) (Config, error) {
+	cfg := Default()
+	fs := flag.NewFlagSet("aftercare-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	file := fs.String("config", DefaultFile, "YAML configuration file")
+	stateDir := fs.String("state-dir", "", "state directory (overrides state_dir)")
+	if err := fs.Parse(args); err != nil {
+		return cfg, fmt.Errorf("%w\n%s", err, Usage())
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q\n%s", fs.Arg(0), Usage())
+	}
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	if _, err := os.Stat(*file); explicit || err == nil {
+		if err := confload.File(&cfg, *file); err != nil {
+			return cfg, err
+		}
+	}
+	if err := confload.Env(&cfg, getenv); err != nil {
+		return cfg, err
+	}
+	if *stateDir != "" {
+		cfg.StateDir = *stateDir
+	}
+	if cfg.BootDir == "" {
+		cfg.BootDir = cfg.StateDir + "/boot"
+	}
+	return cfg, cfg.Validate()
+}
+
+// Usage describes the flags.
+func Usage() string {
+	return `usage: aftercare-agent [-config /etc/aftercare/agent.yaml] [-state-dir dir]
+
+Settings come from the YAML file and AFTERCARE_* environment variables
+(e.g. AFTERCARE_SERVER_URL); see docs/agent.md and deploy/agent/agent.yaml.`
+}
+
+// Validate reports every invalid field at once.
+func (c Config) Validate() error {
+	var errs []error
+	if u, err := url.Parse(c.ServerURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("server_url %q is not an http(s) URL", c.ServerURL))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("state_dir is required"))
+	}
+	if !firmware.ValidName(c.Model) {
+		errs = append(errs, fmt.Errorf("model %q must be 1-64 characters of a-z, 0-9, '.', '_', '-'", c.Model))
+	}
+	if !firmware.ValidVersion(c.FactoryVersion) {
+		errs = append(errs, fmt.Errorf("factory_version %q is not a semantic version such as 1.0.0", c.FactoryVersion))
+	}
+	if c.TrustedRoot == "" {
+		errs = append(errs, errors.New("trusted_root is required"))
+	}
+	if c.Bootloader != "file" {
+		errs = append(errs, fmt.Errorf("bootloader %q is not supported (supported: file)", c.Bootloader))
+	}
+	if c.SlotA == "" || c.SlotB == "" || c.SlotA == c.SlotB {
+		errs = append(errs, fmt.Errorf("slot_a %q and slot_b %q must be two different devices or files", c.SlotA, c.SlotB))
+	}
+	if c.PollInterval < time.Second {
+		errs = append(errs, fmt.Errorf("poll_interval %s must be at least 1s", c.PollInterval))
+	}
+	if c.OutboxBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("outbox_bytes %d must be at least 64 KiB", c.OutboxBytes))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("log_level %q is not debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// Level returns the configured log level.
+func (c Config) Level() slog.Level {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(c.LogLevel))
+	return lvl
+}

@@ -1,0 +1,393 @@
+// Package install writes a verified image into the inactive slot of an A/B
+// device and carries the install across the reboot.
+//
+// The order of steps is what keeps a device bootable whatever instant the
+// power fails:
+//
+//  1. The install journal records "writing" and the target slot's status is
+//     cleared, so a crash mid-write can never leave the slot looking valid.
+//  2. The image streams into the inactive slot (decode, hash, write), is
+//     fsynced, and read back and hashed again.
+//  3. Only then is the slot's status set and the journal moved to "armed",
+//     and the bootloader told to try the slot once.
+//  4. After the reboot, AfterBoot sees which slot booted: the new one runs
+//     the health check and commits, or the bootloader fell back and the
+//     install is reported rolled back.
+//
+// The running slot is never opened for writing. Until TryOnce the
+// bootloader boots the running slot; after it, a failed boot falls back.
+package install
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/internal/atomicfile"
+)
+
+// A Bootloader chooses which slot the device boots.
+// Implementations live in agent/internal/boot.
+type Bootloader interface {
+	// Booted returns the slot the running system booted from.
+	Booted() (firmware.Slot, error)
+	// TryOnce makes the next boot, and only the next boot, use s.
+	TryOnce(s firmware.Slot) error
+	// Commit makes s, the running slot, the default.
+	Commit(s firmware.Slot) error
+}
+
+// stateFormat is the format version of the journal and slot status files.
+const stateFormat = 1
+
+// Phase is where an install stands in the journal.
+type Phase string
+
+// The phases an install passes through.
+const (
+	PhaseWriting      Phase = "writing"       // the slot is being overwritten
+	PhaseArmed        Phase = "armed"         // verified, the bootloader will try it once
+	PhaseHealthFailed Phase = "health-failed" // booted but unhealthy; waiting for the fallback boot
+)
+
+// A Job describes one install.
+type Job struct {
+	RolloutID string         `json:"rollout_id"`
+	Target    string         `json:"target"` // TUF target path
+	Version   string         `json:"version"`
+	Image     firmware.Image `json:"image"`
+}
+
+// journal is the install in progress, persisted across reboots.
+type journal struct {
+	Format  int           `json:"format"`
+	Phase   Phase         `json:"phase"`
+	Slot    firmware.Slot `json:"slot"`
+	Job     Job           `json:"job"`
+	Reason  string        `json:"reason,omitempty"` // why, for PhaseHealthFailed
+	Started time.Time     `json:"started"`
+}
+
+// SlotInfo is what the agent knows about a slot's contents.
+type SlotInfo struct {
+	Version   string    `json:"version"`
+	RawSHA256 string    `json:"raw_sha256,omitempty"`
+	Installed time.Time `json:"installed,omitempty"`
+}
+
+type slotStatus struct {
+	Format int                        `json:"format"`
+	Slots  map[firmware.Slot]SlotInfo `json:"slots"`
+}
+
+// Options configures an Installer.
+type Options struct {
+	Boot  Bootloader                               // required
+	Slots map[firmware.Slot]string                 // device or file path of each slot; required
+	Dir   string                                   // state directory for the journal and slot status; required
+	Log   *slog.Logger                             // required
+	Now   func() time.Time                         // nil means time.Now
+	Sync  func(*os.File) error                     // nil means (*os.File).Sync; for tests only
+	Open  func(string) (io.ReadWriteCloser, error) // nil opens the slot path; for tests only
+}
+
+// Installer installs images into the inactive slot. It is not safe for
+// concurrent use; the agent runs one install at a time.
+type Installer struct {
+	opts Options
+}
+
+// New returns an Installer. factoryVersion names the version of the booted
+// slot when no slot status exists yet (the first start after manufacture).
+func New(opts Options, factoryVersion string) (*Installer, error) {
+	if opts.Boot == nil || opts.Slots[firmware.SlotA] == "" || opts.Slots[firmware.SlotB] == "" || opts.Dir == "" || opts.Log == nil {
+		return nil, errors.New("install: Boot, both Slots, Dir and Log are required")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	i := &Installer{opts: opts}
+	if _, err := os.Stat(i.statusPath()); errors.Is(err, os.ErrNotExist) {
+		booted, err := opts.Boot.Booted()
+		if err != nil {
+			return nil, err
+		}
+		st := slotStatus{Format: stateFormat, Slots: map[firmware.Slot]SlotInfo{booted: {Version: factoryVersion}}}
+		if err := i.writeStatus(st); err != nil {
+			return nil, err
+		}
+	}
+	return i, nil
+}
+
+func (i *Installer) statusPath() string  { return filepath.Join(i.opts.Dir, "slots.json") }
+func (i *Installer) journalPath() string { return filepath.Join(i.opts.Dir, "install.json") }
+
+func (i *Installer) readStatus() (slotStatus, error) {
+	var st slotStatus
+	if err := readJSON(i.statusPath(), &st); err != nil {
+		return st, err
+	}
+	if st.Format != stateFormat {
+		return st, fmt.Errorf("slot status %s has format %d, want %d", i.statusPath(), st.Format, stateFormat)
+	}
+	if st.Slots == nil {
+		st.Slots = map[firmware.Slot]SlotInfo{}
+	}
+	return st, nil
+}
+
+func (i *Installer) writeStatus(st slotStatus) error { return writeJSON(i.statusPath(), st) }
+
+func (i *Installer) setSlot(s firmware.Slot, info *SlotInfo) error {
+	st, err := i.readStatus()
+	if err != nil {
+		return err
+	}
+	if info == nil {
+		delete(st.Slots, s)
+	} else {
+		st.Slots[s] = *info
+	}
+	return i.writeStatus(st)
+}
+
+// Running returns the booted slot and what it holds.
+func (i *Installer) Running() (firmware.Slot, SlotInfo, error) {
+	booted, err := i.opts.Boot.Booted()
+	if err != nil {
+		return "", SlotInfo{}, err
+	}
+	st, err := i.readStatus()
+	if err != nil {
+		return "", SlotInfo{}, err
+	}
+	return booted, st.Slots[booted], nil
+}
+
+// Write streams the stored image from r into the inactive slot, verifying
+// lengths and digests while it streams and reading the slot back afterwards.
+// On any error the slot is left marked invalid and the bootloader untouched.
+func (i *Installer) Write(ctx context.Context, r io.Reader, job Job) (firmware.Slot, error) {
+	booted, err := i.opts.Boot.Booted()
+	if err != nil {
+		return "", err
+	}
+	slot := booted.Other()
+	// Clear the slot's status before its first byte changes: from here
+	// until the read-back passes, nothing may treat it as valid.
+	if err := i.setSlot(slot, nil); err != nil {
+		return "", err
+	}
+	if err := writeJSON(i.journalPath(), journal{Format: stateFormat, Phase: PhaseWriting, Slot: slot, Job: job, Started: i.opts.Now()}); err != nil {
+		return "", err
+	}
+	fail := func(err error) (firmware.Slot, error) {
+		i.clearJournal()
+		return "", err
+	}
+	if err := i.writeSlot(ctx, slot, r, job.Image); err != nil {
+		return fail(err)
+	}
+	if err := i.readBack(ctx, slot, job.Image); err != nil {
+		return fail(err)
+	}
+	return slot, nil
+}
+
+func (i *Installer) openSlot(path string) (io.ReadWriteCloser, error) {
+	if i.opts.Open != nil {
+		return i.opts.Open(path)
+	}
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+}
+
+func (i *Installer) writeSlot(ctx context.Context, slot firmware.Slot, r io.Reader, img firmware.Image) error {
+	f, err := i.openSlot(i.opts.Slots[slot])
+	if err != nil {
+		return fmt.Errorf("open slot %s: %w", slot, err)
+	}
+	if err := firmware.WriteImage(f, ctxReader{ctx, r}, img); err != nil {
+		f.Close()
+		return err
+	}
+	if file, ok := f.(*os.File); ok {
+		sync := i.opts.Sync
+		if sync == nil {
+			sync = (*os.File).Sync
+		}
+		if err := sync(file); err != nil {
+			f.Close()
+			return fmt.Errorf("sync slot %s: %w", slot, err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// readBack hashes what the slot holds now, catching writes the medium lost.
+func (i *Installer) readBack(ctx context.Context, slot firmware.Slot, img firmware.Image) error {
+	f, err := i.openSlot(i.opts.Slots[slot])
+	if err != nil {
+		return fmt.Errorf("open slot %s for read-back: %w", slot, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, ctxReader{ctx, io.LimitReader(f, img.RawLength)})
+	if err != nil {
+		return fmt.Errorf("read back slot %s: %w", slot, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); n != img.RawLength || got != img.RawSHA256 {
+		return fmt.Errorf("read back slot %s: %d bytes with sha256 %s, wrote %d with %s; the storage did not keep what was written",
+			slot, n, got, img.RawLength, img.RawSHA256)
+	}
+	return nil
+}
+
+// Arm records the verified slot's contents and tells the bootloader to try
+// it once. After Arm the device must reboot.
+func (i *Installer) Arm(slot firmware.Slot, job Job) error {
+	if err := i.setSlot(slot, &SlotInfo{Version: job.Version, RawSHA256: job.Image.RawSHA256, Installed: i.opts.Now()}); err != nil {
+		return err
+	}
+	if err := writeJSON(i.journalPath(), journal{Format: stateFormat, Phase: PhaseArmed, Slot: slot, Job: job, Started: i.opts.Now()}); err != nil {
+		return err
+	}
+	// Power loss before this line boots the old slot, which is still
+	// primary; the journal then reads "armed" with the old slot booted,
+	// which AfterBoot reports as a rollback.
+	return i.opts.Boot.TryOnce(slot)
+}
+
+// Outcome says what AfterBoot found.
+type Outcome struct {
+	Kind   OutcomeKind
+	Job    Job
+	Reason string // for Failed, RolledBack and Interrupted
+}
+
+// OutcomeKind is the result of an install seen after a boot.
+type OutcomeKind string
+
+// The outcomes AfterBoot reports.
+const (
+	NoInstall   OutcomeKind = ""            // nothing was in progress
+	Committed   OutcomeKind = "committed"   // booted the new slot, healthy, committed
+	Unhealthy   OutcomeKind = "unhealthy"   // booted the new slot, health check failed: reboot to fall back
+	RolledBack  OutcomeKind = "rolled-back" // the bootloader booted the old slot
+	Interrupted OutcomeKind = "interrupted" // the agent stopped while writing the slot
+)
+
+// AfterBoot finishes an install the journal says was in progress: it runs
+// health on the new slot and commits it, or reports the fallback. health is
+// called only when the new slot booted.
+func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, Job) error) (Outcome, error) {
+	var j journal
+	if err := readJSON(i.journalPath(), &j); errors.Is(err, os.ErrNotExist) {
+		return Outcome{}, nil
+	} else if err != nil {
+		return Outcome{}, err
+	}
+	booted, err := i.opts.Boot.Booted()
+	if err != nil {
+		return Outcome{}, err
+	}
+	out := Outcome{Job: j.Job}
+	switch {
+	case j.Phase == PhaseWriting:
+		// The slot's status was cleared before writing began.
+		out.Kind, out.Reason = Interrupted, "the agent stopped while writing slot "+string(j.Slot)
+	case booted != j.Slot:
+		out.Kind = RolledBack
+		out.Reason = j.Reason
+		if out.Reason == "" {
+			out.Reason = fmt.Sprintf("the bootloader booted slot %s instead of the new slot %s", booted, j.Slot)
+		}
+		// The new slot failed; never let it look installable again.
+		if err := i.setSlot(j.Slot, nil); err != nil {
+			return Outcome{}, err
+		}
+	case j.Phase == PhaseHealthFailed:
+		// Still on the new slot after a failed health check: the
+		// fallback reboot has not happened yet.
+		return Outcome{Kind: Unhealthy, Job: j.Job, Reason: j.Reason}, nil
+	default:
+		if err := health(ctx, j.Job); err != nil {
+			j.Phase, j.Reason = PhaseHealthFailed, "health check failed on slot "+string(j.Slot)+": "+err.Error()
+			if err := writeJSON(i.journalPath(), j); err != nil {
+				return Outcome{}, err
+			}
+			return Outcome{Kind: Unhealthy, Job: j.Job, Reason: j.Reason}, nil
+		}
+		if err := i.opts.Boot.Commit(booted); err != nil {
+			return Outcome{}, fmt.Errorf("commit slot %s: %w", booted, err)
+		}
+		out.Kind = Committed
+	}
+	if err := i.clearJournal(); err != nil {
+		return Outcome{}, err
+	}
+	i.opts.Log.Info("install finished", "outcome", out.Kind, "target", j.Job.Target, "reason", out.Reason)
+	return out, nil
+}
+
+func (i *Installer) clearJournal() error {
+	if err := os.Remove(i.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return atomicfile.SyncDir(i.opts.Dir)
+}
+
+// maxStateBytes bounds the agent's own state files.
+const maxStateBytes = 1 << 20 // 1 MiB
+
+func readJSON(path string, v any) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxStateBytes+1))
+	if err != nil {
+		return err
+	}
+	if len(b) > maxStateBytes {
+		return fmt.Errorf("%s is larger than %d bytes", path, maxStateBytes)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(path, b, 0o600)
+}
+
+// ctxReader stops a long copy when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

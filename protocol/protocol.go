@@ -1,0 +1,238 @@
+// Package protocol is the wire contract between the Aftercare agent and the
+// fleet server: MQTT topics and payloads, and the bodies of the device-facing
+// HTTP endpoints. Both sides import it; it imports only the standard library.
+//
+// Every payload is untrusted on receipt. Parse functions bound the size,
+// reject unknown fields and validate every field before returning.
+//
+// Topics live under a configurable prefix (default "aftercare/v1"), one
+// subtree per device:
+//
+//	{prefix}/dev/{deviceID}/hint    server -> device, QoS 1: "refresh now"
+//	{prefix}/dev/{deviceID}/state   device -> server, QoS 1: a StateReport
+//
+// A hint carries no instruction the device trusts; it only makes the device
+// check for an assignment sooner than its poll timer would.
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Format is the payload format version this package writes and accepts.
+const Format = 1
+
+// DefaultTopicPrefix is the topic prefix used unless configured otherwise.
+const DefaultTopicPrefix = "aftercare/v1"
+
+// MaxPayloadBytes bounds every MQTT payload and device-facing JSON body.
+const MaxPayloadBytes = 16 << 10 // 16 KiB
+
+const maxReasonBytes = 2 << 10 // 2 KiB
+
+var (
+	idPattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	prefixPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
+)
+
+// ValidID reports whether s can name a device: 1-64 characters of letters,
+// digits, '.', '_' and '-', so it can never be an MQTT wildcard or add a
+// topic level.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// ValidTopicPrefix reports whether p is a usable topic prefix: levels of
+// letters, digits, '.', '_' and '-', no wildcards, no leading or trailing '/'.
+func ValidTopicPrefix(p string) bool { return prefixPattern.MatchString(p) && len(p) <= 128 }
+
+// Topic kinds under a device's subtree.
+const (
+	KindHint  = "hint"
+	KindState = "state"
+)
+
+// DeviceTopic returns the topic of the given kind for a device.
+func DeviceTopic(prefix, deviceID, kind string) string {
+	return prefix + "/dev/" + deviceID + "/" + kind
+}
+
+// DeviceWildcard returns the filter matching one kind of topic of every
+// device, e.g. "aftercare/v1/dev/+/state".
+func DeviceWildcard(prefix, kind string) string {
+	return prefix + "/dev/+/" + kind
+}
+
+// ParseDeviceTopic splits a topic under prefix into the device ID and kind.
+func ParseDeviceTopic(prefix, topic string) (deviceID, kind string, err error) {
+	rest, ok := strings.CutPrefix(topic, prefix+"/dev/")
+	if !ok {
+		return "", "", fmt.Errorf("topic %q is not under %q", topic, prefix+"/dev/")
+	}
+	deviceID, kind, ok = strings.Cut(rest, "/")
+	if !ok || !ValidID(deviceID) || strings.Contains(kind, "/") {
+		return "", "", fmt.Errorf("topic %q is not %s/dev/{device}/{kind}", topic, prefix)
+	}
+	return deviceID, kind, nil
+}
+
+// State is a step of an install as the device reports it.
+type State string
+
+// The states a device reports, in the order an install passes through them.
+// Failed and RolledBack end an install unsuccessfully; Committed ends it
+// successfully; Idle says the device runs its committed slot with nothing to do.
+const (
+	StateIdle        State = "idle"
+	StateDownloading State = "downloading"
+	StateVerified    State = "verified"
+	StateInstalled   State = "installed"
+	StateBooted      State = "booted"
+	StateCommitted   State = "committed"
+	StateFailed      State = "failed"
+	StateRolledBack  State = "rolled-back"
+)
+
+var states = []State{StateIdle, StateDownloading, StateVerified, StateInstalled, StateBooted, StateCommitted, StateFailed, StateRolledBack}
+
+// Valid reports whether s is one of the defined states.
+func (s State) Valid() bool {
+	for _, v := range states {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// InProgress reports whether s is a step inside an install.
+func (s State) InProgress() bool {
+	switch s {
+	case StateDownloading, StateVerified, StateInstalled, StateBooted:
+		return true
+	}
+	return false
+}
+
+// A StateReport is one state change of a device, sent on its state topic.
+// Seq increases by one for every report and event a device produces, so the
+// server can drop duplicates and see gaps.
+type StateReport struct {
+	Format  int       `json:"v"`
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	State   State     `json:"state"`
+	Running string    `json:"running"`          // version of the slot the device runs now
+	Target  string    `json:"target,omitempty"` // TUF target path of the release being installed
+	Version string    `json:"version,omitempty"`
+	Reason  string    `json:"reason,omitempty"` // why, for failed and rolled-back
+	// Dropped counts reports the device discarded, oldest first, because its
+	// on-disk buffer was full, since its previous delivered report.
+	Dropped uint64 `json:"dropped,omitempty"`
+}
+
+// Validate reports every invalid field at once.
+func (r *StateReport) Validate() error {
+	var errs []error
+	if r.Format != Format {
+		errs = append(errs, fmt.Errorf("state report format %d is not supported (want %d)", r.Format, Format))
+	}
+	if r.Seq == 0 {
+		errs = append(errs, errors.New("state report seq must be positive"))
+	}
+	if r.Time.IsZero() {
+		errs = append(errs, errors.New("state report time is missing"))
+	}
+	if !r.State.Valid() {
+		errs = append(errs, fmt.Errorf("state report state %q is not a known state", r.State))
+	}
+	if len(r.Running) > 64 || len(r.Version) > 64 || len(r.Target) > 256 {
+		errs = append(errs, errors.New("state report running, version or target is too long"))
+	}
+	if len(r.Reason) > maxReasonBytes {
+		errs = append(errs, fmt.Errorf("state report reason is %d bytes, more than the %d allowed", len(r.Reason), maxReasonBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// A Hint asks a device to check for an assignment now. It is never trusted.
+type Hint struct {
+	Format int       `json:"v"`
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason,omitempty"` // for logs only, e.g. "rollout"
+}
+
+// EnrollRequest is the body of POST /api/v1/enroll.
+type EnrollRequest struct {
+	Token            string `json:"token"` // one-time enrollment token
+	Serial           string `json:"serial"`
+	Model            string `json:"model"`
+	HardwareRevision string `json:"hardware_revision"`
+	InstalledVersion string `json:"installed_version"`
+}
+
+// EnrollResponse is the answer to an accepted enrollment. DeviceToken is the
+// device's credential for the API and the broker; it is shown only once.
+type EnrollResponse struct {
+	DeviceID    string `json:"device_id"`
+	DeviceToken string `json:"device_token"`
+	SiteID      string `json:"site_id"`
+	BrokerURL   string `json:"broker_url"`
+	TopicPrefix string `json:"topic_prefix"`
+}
+
+// Assignment is the answer to GET /api/v1/device/assignment: the release a
+// device should run. It is a pointer, not a proof: the device installs it
+// only after the release repository's signed metadata vouches for it.
+type Assignment struct {
+	RolloutID  string `json:"rollout_id"`
+	ReleaseID  string `json:"release_id"`
+	TargetPath string `json:"target_path"`
+	Version    string `json:"version"`
+}
+
+// Decode parses one JSON value of at most MaxPayloadBytes into v, rejecting
+// unknown fields and trailing data.
+func Decode(b []byte, v any) error {
+	if len(b) > MaxPayloadBytes {
+		return fmt.Errorf("payload is %d bytes, more than the %d allowed", len(b), MaxPayloadBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("decode %T: %w", v, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("decode %T: trailing data after the JSON value", v)
+	}
+	return nil
+}
+
+// ParseStateReport decodes and validates a state report payload.
+func ParseStateReport(b []byte) (*StateReport, error) {
+	var r StateReport
+	if err := Decode(b, &r); err != nil {
+		return nil, err
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// ParseHint decodes a hint payload.
+func ParseHint(b []byte) (*Hint, error) {
+	var h Hint
+	if err := Decode(b, &h); err != nil {
+		return nil, err
+	}
+	if h.Format != Format {
+		return nil, fmt.Errorf("hint format %d is not supported (want %d)", h.Format, Format)
+	}
+	return &h, nil
+}

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+type site struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	Organisation string `json:"organisation"`
+}
+
+type patchCounts struct {
+	Total      int            `json:"total"`
+	Current    int            `json:"current"`
+	Pending    int            `json:"pending"`
+	Installing int            `json:"installing"`
+	Failed     int            `json:"failed"`
+	Versions   map[string]int `json:"versions"`
+}
+
+type device struct {
+	ID               string    `json:"id"`
+	SiteID           string    `json:"site_id"`
+	Serial           string    `json:"serial"`
+	Model            string    `json:"model"`
+	InstalledVersion string    `json:"installed_version"`
+	State            string    `json:"state"`
+	StateReason      string    `json:"state_reason"`
+	LastSeen         time.Time `json:"last_seen"`
+	TargetVersion    string    `json:"target_version"`
+	Status           string    `json:"status"`
+}
+
+type sitePatch struct {
+	Site    site        `json:"site"`
+	Counts  patchCounts `json:"counts"`
+	Devices []device    `json:"devices"`
+}
+
+func siteCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{Use: "site", Short: "Create and list sites, and make enrollment tokens"}
+	var org string
+	create := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a site, e.g. \"St. Mary Radiology\"",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var s site
+			if err := c.postJSON(cmd.Context(), "/api/v1/sites", map[string]string{"name": args[0], "organisation": org}, &s); err != nil {
+				return err
+			}
+			return e.print(s, func(w io.Writer) { fmt.Fprintf(w, "site %s: %s\n", s.ID, s.Name) })
+		},
+	}
+	create.Flags().StringVar(&org, "organisation", "", "the hospital or organisation the site belongs to")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List sites",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Sites []site `json:"sites"`
+			}
+			if err := c.getJSON(cmd.Context(), "/api/v1/sites", &out); err != nil {
+				return err
+			}
+			return e.print(out, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tNAME\tORGANISATION")
+				for _, s := range out.Sites {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", s.ID, s.Name, s.Organisation)
+				}
+				tw.Flush()
+			})
+		},
+	}
+	var count int
+	tokens := &cobra.Command{
+		Use:   "tokens SITE_ID",
+		Short: "Make one-time enrollment tokens for devices of a site",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Tokens    []string  `json:"tokens"`
+				ExpiresAt time.Time `json:"expires_at"`
+			}
+			if err := c.postJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/enrollment-tokens", map[string]int{"count": count}, &out); err != nil {
+				return err
+			}
+			return e.print(out, func(w io.Writer) {
+				for _, t := range out.Tokens {
+					fmt.Fprintln(w, t)
+				}
+				fmt.Fprintf(e.stderr, "%d token(s), valid until %s, each usable once\n", len(out.Tokens), out.ExpiresAt.Format(time.RFC3339))
+			})
+		},
+	}
+	tokens.Flags().IntVar(&count, "count", 1, "number of tokens")
+	cmd.AddCommand(create, list, tokens)
+	return cmd
+}
+
+func rolloutCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{Use: "rollout", Short: "Roll a release out to devices"}
+	var releaseID string
+	var sites, models []string
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Assign a release to every device of its models (or the given models) in all or the given sites",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				ID      string   `json:"id"`
+				Devices []string `json:"devices"`
+			}
+			req := map[string]any{"release_id": releaseID, "site_ids": sites, "models": models}
+			if err := c.postJSON(cmd.Context(), "/api/v1/rollouts", req, &out); err != nil {
+				return err
+			}
+			return e.print(out, func(w io.Writer) {
+				fmt.Fprintf(w, "rollout %s: %d device(s) assigned and notified\n", out.ID, len(out.Devices))
+			})
+		},
+	}
+	create.Flags().StringVar(&releaseID, "release", "", "release ID (required)")
+	create.Flags().StringSliceVar(&sites, "site", nil, "site ID (repeatable; default all sites)")
+	create.Flags().StringSliceVar(&models, "model", nil, "hardware model (repeatable; default the release's models)")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+func patchStateCmd(e *env) *cobra.Command {
+	var siteID string
+	cmd := &cobra.Command{
+		Use:   "patch-state",
+		Short: "Show per-site patch state, or every device of one site with --site",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			if siteID != "" {
+				var sp sitePatch
+				if err := c.getJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(siteID)+"/patch-state", &sp); err != nil {
+					return err
+				}
+				return e.print(sp, func(w io.Writer) { printSitePatch(w, sp) })
+			}
+			sites, err := fetchSummary(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			return e.print(map[string]any{"sites": sites}, func(w io.Writer) { printSummary(w, sites) })
+		},
+	}
+	cmd.Flags().StringVar(&siteID, "site", "", "site ID: list its devices")
+	return cmd
+}
+
+func fetchSummary(ctx context.Context, c *client) ([]sitePatch, error) {
+	var out struct {
+		Sites []sitePatch `json:"sites"`
+	}
+	err := c.getJSON(ctx, "/api/v1/patch-state", &out)
+	return out.Sites, err
+}
+
+func printSummary(w io.Writer, sites []sitePatch) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SITE\tDEVICES\tCURRENT\tPENDING\tINSTALLING\tFAILED\tVERSIONS")
+	for _, s := range sites {
+		c := s.Counts
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", s.Site.Name, c.Total, c.Current, c.Pending, c.Installing, c.Failed, versions(c.Versions))
+	}
+	tw.Flush()
+}
+
+// versions renders {"1.1.0": 2, "1.0.0": 1} as "1.0.0×1 1.1.0×2".
+func versions(v map[string]int) string {
+	keys := make([]string, 0, len(v))
+	for k := range v {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s×%d", k, v[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+func printSitePatch(w io.Writer, sp sitePatch) {
+	c := sp.Counts
+	fmt.Fprintf(w, "%s (%s): %d devices, %d current, %d pending, %d installing, %d failed\n",
+		sp.Site.Name, sp.Site.ID, c.Total, c.Current, c.Pending, c.Installing, c.Failed)
+	printDevices(w, sp.Devices)
+}
+
+func printDevices(w io.Writer, devices []device) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tSERIAL\tMODEL\tRUNNING\tTARGET\tSTATUS\tSTATE\tLAST SEEN\tREASON")
+	for _, d := range devices {
+		seen := "never"
+		if !d.LastSeen.IsZero() {
+			seen = d.LastSeen.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Serial, d.Model, d.InstalledVersion, dash(d.TargetVersion), dash(d.Status), d.State, seen, d.StateReason)
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func devicesCmd(e *env) *cobra.Command {
+	var siteID string
+	cmd := &cobra.Command{
+		Use:   "devices",
+		Short: "List enrolled devices",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Devices []device `json:"devices"`
+			}
+			path := "/api/v1/devices"
+			if siteID != "" {
+				path += "?site_id=" + url.QueryEscape(siteID)
+			}
+			if err := c.getJSON(cmd.Context(), path, &out); err != nil {
+				return err
+			}
+			return e.print(out, func(w io.Writer) { printDevices(w, out.Devices) })
+		},
+	}
+	cmd.Flags().StringVar(&siteID, "site", "", "only devices of this site")
+	return cmd
+}

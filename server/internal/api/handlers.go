@@ -1,0 +1,282 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/aftercare/aftercare/protocol"
+	"github.com/aftercare/aftercare/server/internal/fleet"
+	"github.com/aftercare/aftercare/server/internal/problem"
+	"github.com/aftercare/aftercare/server/internal/release"
+	"github.com/aftercare/aftercare/server/internal/store"
+	"github.com/aftercare/aftercare/server/internal/tufrepo"
+)
+
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("request body: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("request body: trailing data after the JSON value")
+	}
+	return nil
+}
+
+// repoFile serves the release repository's static files. Metadata other
+// than the timestamp and target files are immutable (their names carry a
+// version or a digest), so they may be cached by any CDN.
+func (h *handlers) repoFile(c echo.Context) error {
+	rel := c.Param("*")
+	clean := path.Clean("/" + rel)
+	if clean != "/"+rel || strings.Contains(rel, "\\") || (!strings.HasPrefix(clean, "/metadata/") && !strings.HasPrefix(clean, "/targets/")) {
+		return fmt.Errorf("repository file %q: %w", rel, problem.ErrNotFound)
+	}
+	if strings.HasSuffix(clean, "/timestamp.json") {
+		c.Response().Header().Set("Cache-Control", "no-cache")
+	}
+	full := filepath.Join(h.opts.RepoDir, filepath.FromSlash(clean))
+	return c.File(full)
+}
+
+type createSiteRequest struct {
+	Name         string `json:"name"`
+	Organisation string `json:"organisation"`
+}
+
+func (h *handlers) createSite(c echo.Context) error {
+	var req createSiteRequest
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	site, err := h.opts.Fleet.CreateSite(c.Request().Context(), req.Name, req.Organisation)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, site)
+}
+
+func (h *handlers) listSites(c echo.Context) error {
+	sites, err := h.opts.Fleet.Sites(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"sites": nonNil(sites)})
+}
+
+type enrollmentTokensRequest struct {
+	Count int `json:"count"`
+}
+
+func (h *handlers) createEnrollmentTokens(c echo.Context) error {
+	req := enrollmentTokensRequest{Count: 1}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	tokens, expires, err := h.opts.Fleet.CreateEnrollmentTokens(c.Request().Context(), c.Param("id"), req.Count)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, map[string]any{"tokens": tokens, "expires_at": expires})
+}
+
+func (h *handlers) enroll(c echo.Context) error {
+	var req protocol.EnrollRequest
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	resp, err := h.opts.Fleet.Enroll(c.Request().Context(), req)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, resp)
+}
+
+func (h *handlers) assignment(c echo.Context) error {
+	a, err := h.opts.Fleet.Assignment(c.Request().Context(), c.Get(deviceKey).(string))
+	if err != nil {
+		return err
+	}
+	if a == nil {
+		return c.NoContent(http.StatusNoContent)
+	}
+	return c.JSON(http.StatusOK, a)
+}
+
+func (h *handlers) sitePatchState(c echo.Context) error {
+	sp, err := h.opts.Fleet.SitePatchState(c.Request().Context(), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	sp.Devices = nonNil(sp.Devices)
+	return c.JSON(http.StatusOK, sp)
+}
+
+func (h *handlers) patchSummary(c echo.Context) error {
+	sites, err := h.opts.Fleet.PatchSummary(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"sites": nonNil(sites)})
+}
+
+func (h *handlers) listDevices(c echo.Context) error {
+	var f store.DeviceFilter
+	if site := c.QueryParam("site_id"); site != "" {
+		f.SiteIDs = []string{site}
+	}
+	if model := c.QueryParam("model"); model != "" {
+		f.Models = []string{model}
+	}
+	devices, err := h.opts.Fleet.Devices(c.Request().Context(), f)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"devices": nonNil(devices)})
+}
+
+func (h *handlers) getDevice(c echo.Context) error {
+	d, reports, err := h.opts.Fleet.Device(c.Request().Context(), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"device": d, "reports": nonNil(reports)})
+}
+
+func (h *handlers) listReleases(c echo.Context) error {
+	rels, err := h.opts.Fleet.Releases(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"releases": nonNil(rels)})
+}
+
+func (h *handlers) getRelease(c echo.Context) error {
+	rel, err := h.opts.Fleet.Release(c.Request().Context(), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, rel)
+}
+
+// currentTargets returns the targets metadata the next release is signed on.
+func (h *handlers) currentTargets(c echo.Context) error {
+	b, err := h.opts.Repo.CurrentTargets()
+	if err != nil {
+		return err
+	}
+	if b == nil {
+		return fmt.Errorf("the repository has no targets metadata yet; sign the first release on the 1.targets.json from `aftercare keys init`: %w", problem.ErrNotFound)
+	}
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+// uploadRelease takes a multipart form with two parts, in either order:
+// "bundle", the release bundle, streamed to staging files; and "targets",
+// the signed targets metadata listing it.
+func (h *handlers) uploadRelease(c echo.Context) error {
+	req := c.Request()
+	mediaType, _, err := mime.ParseMediaType(req.Header.Get(echo.HeaderContentType))
+	if err != nil || mediaType != echo.MIMEMultipartForm {
+		return problem.Invalid("the body must be multipart/form-data with parts \"bundle\" and \"targets\"")
+	}
+	req.Body = http.MaxBytesReader(c.Response(), req.Body, h.opts.MaxBundleBytes+tufrepo.MaxMetadataBytes+64<<10)
+	mr, err := req.MultipartReader()
+	if err != nil {
+		return problem.Invalid(fmt.Sprintf("multipart body: %v", err))
+	}
+	var targets []byte
+	var staged *release.Staged
+	defer func() {
+		if staged != nil {
+			staged.Discard()
+		}
+	}()
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return wrapBodyError(err)
+		}
+		switch part.FormName() {
+		case "targets":
+			if targets != nil {
+				return problem.Invalid("part \"targets\" appears twice")
+			}
+			targets, err = io.ReadAll(io.LimitReader(part, tufrepo.MaxMetadataBytes+1))
+			if err != nil {
+				return wrapBodyError(err)
+			}
+		case "bundle":
+			if staged != nil {
+				return problem.Invalid("part \"bundle\" appears twice")
+			}
+			if staged, err = h.opts.Releases.Stage(req.Context(), part); err != nil {
+				return wrapBodyError(err)
+			}
+		default:
+			return problem.Invalid(fmt.Sprintf("unexpected part %q; send \"bundle\" and \"targets\"", part.FormName()))
+		}
+	}
+	var missing []string
+	if staged == nil {
+		missing = append(missing, "part \"bundle\" is missing")
+	}
+	if targets == nil {
+		missing = append(missing, "part \"targets\" is missing: sign the release with `aftercare release sign` and upload its output")
+	}
+	if err := problem.Invalid(missing...); err != nil {
+		return err
+	}
+	rel, err := h.opts.Releases.Publish(req.Context(), staged, targets)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, rel)
+}
+
+// wrapBodyError keeps a too-large body a 413 and a broken one a 400.
+func wrapBodyError(err error) error {
+	var tooBig *http.MaxBytesError
+	var invalid *problem.InvalidError
+	if errors.As(err, &tooBig) || errors.As(err, &invalid) {
+		return err
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "multipart") {
+		return problem.Invalid(fmt.Sprintf("request body: %v", err))
+	}
+	return err
+}
+
+func (h *handlers) createRollout(c echo.Context) error {
+	var req fleet.RolloutRequest
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	r, err := h.opts.Fleet.CreateRollout(c.Request().Context(), req)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, r)
+}
+
+// nonNil makes an empty list encode as [] rather than null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

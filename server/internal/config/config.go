@@ -1,0 +1,202 @@
+// Package config is the fleet server's configuration: documented defaults,
+// then a YAML file, then AFTERCARE_* environment variables, then flags,
+// validated once before anything starts.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/aftercare/aftercare/internal/confload"
+	"github.com/aftercare/aftercare/protocol"
+)
+
+// Secret is a credential read from configuration; it never prints.
+type Secret = confload.Secret
+
+// Config is the fleet server's configuration.
+type Config struct {
+	// Listen is the HTTP address of the API, the console and the TUF
+	// repository; default "127.0.0.1:8080".
+	Listen string `yaml:"listen" env:"LISTEN"`
+	// PublicURL is how devices and people reach Listen; default
+	// "http://" + Listen.
+	PublicURL string `yaml:"public_url" env:"PUBLIC_URL"`
+	// DataDir holds the database (by default), the TUF repository, release
+	// blobs and SBOMs; default "./aftercare-data".
+	DataDir string `yaml:"data_dir" env:"DATA_DIR"`
+	// DatabaseURL is "sqlite:///path" or "postgres://..."; default
+	// "sqlite://" + DataDir + "/aftercare.db".
+	DatabaseURL Secret `yaml:"database_url" env:"DATABASE_URL"`
+
+	// BrokerURL is an external MQTT broker, e.g. "tcp://broker:1883". Empty
+	// runs the embedded broker on EmbeddedBrokerListen.
+	BrokerURL      string `yaml:"broker_url" env:"BROKER_URL"`
+	BrokerUsername string `yaml:"broker_username" env:"BROKER_USERNAME"`
+	BrokerPassword Secret `yaml:"broker_password" env:"BROKER_PASSWORD"`
+	// EmbeddedBrokerListen is the embedded broker's TCP address; default
+	// "127.0.0.1:1884".
+	EmbeddedBrokerListen string `yaml:"embedded_broker_listen" env:"EMBEDDED_BROKER_LISTEN"`
+	// DeviceBrokerURL is the broker URL devices are given at enrollment;
+	// default: BrokerURL, or the embedded broker's address.
+	DeviceBrokerURL string `yaml:"device_broker_url" env:"DEVICE_BROKER_URL"`
+	// TopicPrefix is the MQTT topic prefix; default "aftercare/v1".
+	TopicPrefix string `yaml:"topic_prefix" env:"TOPIC_PREFIX"`
+	// ShareGroup names the shared subscription replicas split reports
+	// through; default "aftercare".
+	ShareGroup string `yaml:"share_group" env:"SHARE_GROUP"`
+
+	// AdminToken is the bearer token of the administrator API. Empty
+	// generates one into DataDir/admin-token (mode 0600) at first start.
+	AdminToken Secret `yaml:"admin_token" env:"ADMIN_TOKEN"`
+
+	// ReleaseRoot is the release repository's first root metadata
+	// (1.root.json from `aftercare keys init`); required until the
+	// repository is initialised, ignored after.
+	ReleaseRoot string `yaml:"release_root" env:"RELEASE_ROOT"`
+	// SnapshotKey and TimestampKey are the online keys (file paths);
+	// required.
+	SnapshotKey  string `yaml:"snapshot_key" env:"SNAPSHOT_KEY"`
+	TimestampKey string `yaml:"timestamp_key" env:"TIMESTAMP_KEY"`
+	// TimestampExpiry is how long a signed timestamp is valid; default 24h.
+	TimestampExpiry time.Duration `yaml:"timestamp_expiry" env:"TIMESTAMP_EXPIRY"`
+
+	// MaxBundleBytes is the largest release bundle accepted; default 2 GiB.
+	MaxBundleBytes int64 `yaml:"max_bundle_bytes" env:"MAX_BUNDLE_BYTES"`
+	// LogLevel is debug, info, warn or error; default info.
+	LogLevel string `yaml:"log_level" env:"LOG_LEVEL"`
+}
+
+// Default returns the documented defaults.
+func Default() Config {
+	return Config{
+		Listen:               "127.0.0.1:8080",
+		DataDir:              "./aftercare-data",
+		EmbeddedBrokerListen: "127.0.0.1:1884",
+		TopicPrefix:          protocol.DefaultTopicPrefix,
+		ShareGroup:           "aftercare",
+		TimestampExpiry:      24 * time.Hour,
+		MaxBundleBytes:       2 << 30,
+		LogLevel:             "info",
+	}
+}
+
+// Load builds the configuration from defaults, the file named by -config,
+// the environment and the other flags, and validates it.
+func Load(args []string, getenv func(string) string) (Config, error) {
+	cfg := Default()
+	fs := flag.NewFlagSet("aftercare-server", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	file := fs.String("config", "", "YAML configuration file")
+	listen := fs.String("listen", "", "HTTP listen address (overrides listen)")
+	dataDir := fs.String("data-dir", "", "data directory (overrides data_dir)")
+	if err := fs.Parse(args); err != nil {
+		return cfg, fmt.Errorf("%w\n%s", err, Usage())
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q\n%s", fs.Arg(0), Usage())
+	}
+	if *file != "" {
+		if err := confload.File(&cfg, *file); err != nil {
+			return cfg, err
+		}
+	}
+	if err := confload.Env(&cfg, getenv); err != nil {
+		return cfg, err
+	}
+	if *listen != "" {
+		cfg.Listen = *listen
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	cfg.fillDerived()
+	return cfg, cfg.Validate()
+}
+
+// Usage describes the flags and where the rest of the configuration comes from.
+func Usage() string {
+	return `usage: aftercare-server [-config file.yaml] [-listen addr] [-data-dir dir]
+
+Every setting can come from the YAML file or from an AFTERCARE_* environment
+variable (e.g. AFTERCARE_DATABASE_URL); flags win over both. See
+docs/configuration.md for the list.`
+}
+
+func (c *Config) fillDerived() {
+	if c.PublicURL == "" {
+		c.PublicURL = "http://" + c.Listen
+	}
+	if c.DatabaseURL == "" && c.DataDir != "" {
+		c.DatabaseURL = Secret("sqlite://" + filepath.Join(c.DataDir, "aftercare.db"))
+	}
+	if c.DeviceBrokerURL == "" {
+		if c.BrokerURL != "" {
+			c.DeviceBrokerURL = c.BrokerURL
+		} else {
+			c.DeviceBrokerURL = "tcp://" + c.EmbeddedBrokerListen
+		}
+	}
+}
+
+// Validate reports every invalid field at once, naming the field and value.
+func (c Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q is not host:port", c.Listen))
+	}
+	if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("public_url %q is not an http(s) URL", c.PublicURL))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is required"))
+	}
+	if s := string(c.DatabaseURL); !strings.HasPrefix(s, "sqlite:") && !strings.HasPrefix(s, "postgres://") && !strings.HasPrefix(s, "postgresql://") {
+		errs = append(errs, errors.New("database_url must start with sqlite: or postgres:// (value not shown: it may hold a password)"))
+	}
+	if c.BrokerURL != "" {
+		if u, err := url.Parse(c.BrokerURL); err != nil || u.Host == "" {
+			errs = append(errs, fmt.Errorf("broker_url %q is not a URL such as tcp://host:1883", c.BrokerURL))
+		}
+	} else if _, _, err := net.SplitHostPort(c.EmbeddedBrokerListen); err != nil {
+		errs = append(errs, fmt.Errorf("embedded_broker_listen %q is not host:port", c.EmbeddedBrokerListen))
+	}
+	if !protocol.ValidTopicPrefix(c.TopicPrefix) {
+		errs = append(errs, fmt.Errorf("topic_prefix %q must be levels of letters, digits, '.', '_', '-' separated by '/'", c.TopicPrefix))
+	}
+	if !protocol.ValidID(c.ShareGroup) {
+		errs = append(errs, fmt.Errorf("share_group %q must be letters, digits, '.', '_', '-'", c.ShareGroup))
+	}
+	if c.SnapshotKey == "" {
+		errs = append(errs, errors.New("snapshot_key is required (the online snapshot key from `aftercare keys init`)"))
+	}
+	if c.TimestampKey == "" {
+		errs = append(errs, errors.New("timestamp_key is required (the online timestamp key from `aftercare keys init`)"))
+	}
+	if c.TimestampExpiry < time.Hour {
+		errs = append(errs, fmt.Errorf("timestamp_expiry %s must be at least 1h", c.TimestampExpiry))
+	}
+	if c.MaxBundleBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("max_bundle_bytes %d must be at least 1 MiB", c.MaxBundleBytes))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("log_level %q is not debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// Level returns the configured log level.
+func (c Config) Level() slog.Level {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(c.LogLevel))
+	return lvl
+}

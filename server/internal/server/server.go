@@ -1,0 +1,283 @@
+// Package server assembles the fleet server from its parts: store, release
+// repository, broker (embedded or external), MQTT bridge, domain services
+// and HTTP API. aftercare-server's main calls Start and waits.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/aftercare/aftercare/internal/atomicfile"
+	"github.com/aftercare/aftercare/server/internal/api"
+	"github.com/aftercare/aftercare/server/internal/broker"
+	"github.com/aftercare/aftercare/server/internal/config"
+	"github.com/aftercare/aftercare/server/internal/fleet"
+	"github.com/aftercare/aftercare/server/internal/mqttbridge"
+	"github.com/aftercare/aftercare/server/internal/release"
+	"github.com/aftercare/aftercare/server/internal/store"
+	"github.com/aftercare/aftercare/server/internal/tufrepo"
+	"github.com/aftercare/aftercare/signing"
+)
+
+// OnlineKeyPassphraseEnv names the environment variable holding the
+// passphrase of encrypted online keys.
+const OnlineKeyPassphraseEnv = "AFTERCARE_ONLINE_KEY_PASSPHRASE"
+
+// repoRefreshInterval is how often the server checks whether the snapshot or
+// timestamp needs re-signing.
+const repoRefreshInterval = 10 * time.Minute
+
+// Server is a running fleet server.
+type Server struct {
+	cfg       config.Config
+	log       *slog.Logger
+	store     *store.Store
+	broker    *broker.Broker // nil with an external broker
+	bridge    *mqttbridge.Bridge
+	repo      *tufrepo.Repo
+	http      *http.Server
+	httpAddr  net.Addr
+	brokerURL string
+	done      chan struct{}
+	cancel    context.CancelFunc
+}
+
+// Start builds every part from cfg and starts serving. getenv supplies the
+// online key passphrase when the keys are encrypted.
+func Start(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.closeParts()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	adminToken, err := adminToken(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if s.store, err = store.Open(ctx, string(cfg.DatabaseURL)); err != nil {
+		return nil, err
+	}
+	if s.repo, err = openRepo(ctx, cfg, getenv, log); err != nil {
+		return nil, err
+	}
+	releases, err := release.New(release.Options{
+		Store: s.store, Repo: s.repo, Log: log,
+		StagingDir: filepath.Join(cfg.DataDir, "staging"),
+		SBOMDir:    filepath.Join(cfg.DataDir, "sboms"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := releases.Sync(ctx); err != nil {
+		return nil, fmt.Errorf("sync release catalog: %w", err)
+	}
+	fl, err := fleet.New(fleet.Options{Store: s.store, Log: log, TopicPrefix: cfg.TopicPrefix})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.connectBroker(ctx, fl); err != nil {
+		return nil, err
+	}
+	handler, err := api.New(api.Options{
+		Fleet: fl, Releases: releases, Repo: s.repo,
+		RepoDir: filepath.Join(cfg.DataDir, "repository", "release"), AdminToken: adminToken,
+		MaxBundleBytes: cfg.MaxBundleBytes, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	s.httpAddr = ln.Addr()
+	s.http = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go func() {
+		defer close(s.done)
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	}()
+	go s.refreshRepo(bg)
+	log.Info("fleet server started", "listen", s.httpAddr.String(), "public_url", cfg.PublicURL, "broker", s.brokerURL,
+		"embedded_broker", s.broker != nil, "database", dbKind(cfg), "data_dir", cfg.DataDir)
+	return s, nil
+}
+
+func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
+	cfg := s.cfg
+	opts := mqttbridge.Options{
+		BrokerURL: cfg.BrokerURL, ClientID: "aftercare-server-" + instanceID(cfg.DataDir),
+		Username: cfg.BrokerUsername, Password: string(cfg.BrokerPassword),
+		TopicPrefix: cfg.TopicPrefix, ShareGroup: cfg.ShareGroup, OnState: fl.RecordReport, Log: s.log.With("component", "mqtt"),
+	}
+	deviceBroker := cfg.DeviceBrokerURL
+	if cfg.BrokerURL == "" {
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		opts.Username, opts.Password = "aftercare-server", hex.EncodeToString(secret)
+		b, err := broker.Start(broker.Options{
+			Listen: cfg.EmbeddedBrokerListen, TopicPrefix: cfg.TopicPrefix,
+			ServerUsername: opts.Username, ServerPassword: opts.Password,
+			Devices: fl.DeviceCredentialValid, Log: s.log,
+		})
+		if err != nil {
+			return err
+		}
+		s.broker = b
+		opts.BrokerURL = b.URL()
+		if strings.HasSuffix(cfg.EmbeddedBrokerListen, ":0") {
+			deviceBroker = b.URL()
+		}
+	}
+	s.brokerURL = opts.BrokerURL
+	fl.SetDeviceBroker(deviceBroker)
+	bridge, err := mqttbridge.Open(ctx, opts)
+	if err != nil {
+		return err
+	}
+	s.bridge = bridge
+	fl.SetHinter(bridge)
+	return nil
+}
+
+func openRepo(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (*tufrepo.Repo, error) {
+	pass := signing.PassphraseFromEnv(getenv, OnlineKeyPassphraseEnv)
+	snap, err := signing.LoadSigner(ctx, cfg.SnapshotKey, pass)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot_key: %w", err)
+	}
+	ts, err := signing.LoadSigner(ctx, cfg.TimestampKey, pass)
+	if err != nil {
+		return nil, fmt.Errorf("timestamp_key: %w", err)
+	}
+	opts := tufrepo.Options{
+		Dir:            filepath.Join(cfg.DataDir, "repository", "release"),
+		SnapshotSigner: snap, TimestampSigner: ts, TimestampExpiry: cfg.TimestampExpiry,
+		Log: log.With("component", "tufrepo"),
+	}
+	repo, err := tufrepo.Open(opts)
+	if !errors.Is(err, tufrepo.ErrNotInitialized) {
+		return repo, err
+	}
+	if cfg.ReleaseRoot == "" {
+		return nil, errors.New("the release repository is not initialised: set release_root to the 1.root.json made by `aftercare keys init`")
+	}
+	root, err := os.ReadFile(cfg.ReleaseRoot)
+	if err != nil {
+		return nil, fmt.Errorf("release_root: %w", err)
+	}
+	if err := tufrepo.Init(opts, root); err != nil {
+		return nil, fmt.Errorf("release_root %s: %w", cfg.ReleaseRoot, err)
+	}
+	log.Info("release repository initialised", "root", cfg.ReleaseRoot)
+	return tufrepo.Open(opts)
+}
+
+// adminToken returns the configured admin token, or the one kept in the
+// data directory, generating it at first start.
+func adminToken(cfg config.Config) (string, error) {
+	if cfg.AdminToken != "" {
+		return string(cfg.AdminToken), nil
+	}
+	path := filepath.Join(cfg.DataDir, "admin-token")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	b := make([]byte, 32)
+	rand.Read(b)
+	token := "aca_" + hex.EncodeToString(b)
+	if err := atomicfile.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return token, nil
+}
+
+// instanceID is a stable random name for this server's data directory, so
+// its MQTT session survives restarts.
+func instanceID(dataDir string) string {
+	path := filepath.Join(dataDir, "instance-id")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	atomicfile.WriteFile(path, []byte(id+"\n"), 0o644)
+	return id
+}
+
+func dbKind(cfg config.Config) string {
+	if strings.HasPrefix(string(cfg.DatabaseURL), "sqlite:") {
+		return "sqlite"
+	}
+	return "postgres"
+}
+
+func (s *Server) refreshRepo(ctx context.Context) {
+	t := time.NewTicker(repoRefreshInterval)
+	defer t.Stop()
+	for {
+		if err := s.repo.Refresh(); err != nil {
+			s.log.Error("re-signing repository metadata failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Addr is the HTTP address the server listens on.
+func (s *Server) Addr() net.Addr { return s.httpAddr }
+
+// BrokerURL is the broker the server is connected to.
+func (s *Server) BrokerURL() string { return s.brokerURL }
+
+// Shutdown stops accepting requests, waits for those in flight until ctx
+// ends, and closes every part.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	<-s.done
+	s.closeParts()
+	return err
+}
+
+func (s *Server) closeParts() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if s.bridge != nil {
+		s.bridge.Close()
+	}
+	if s.broker != nil {
+		s.broker.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+}

@@ -1,0 +1,205 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/aftercare/aftercare/protocol"
+	"github.com/aftercare/aftercare/server/internal/problem"
+)
+
+// A Site is one place where devices run, e.g. a hospital department.
+type Site struct {
+	ID           string    `json:"id"`
+	Name         string    `json:"name"`
+	Organisation string    `json:"organisation"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+// A Device is an enrolled device and its last known state.
+type Device struct {
+	ID               string         `json:"id"`
+	SiteID           string         `json:"site_id"`
+	Serial           string         `json:"serial"`
+	Model            string         `json:"model"`
+	HardwareRevision string         `json:"hardware_revision"`
+	InstalledVersion string         `json:"installed_version"`
+	State            protocol.State `json:"state"`
+	StateReason      string         `json:"state_reason,omitempty"`
+	StateReleaseID   string         `json:"state_release_id,omitempty"` // the release State refers to
+	LastSeq          uint64         `json:"last_seq"`
+	LastSeen         time.Time      `json:"last_seen"`
+	EnrolledAt       time.Time      `json:"enrolled_at"`
+}
+
+// CreateSite adds a site. A second site with the same name is a conflict.
+func (s *Store) CreateSite(ctx context.Context, site Site) error {
+	_, err := s.direct().exec(ctx, `INSERT INTO sites (id, name, organisation, created_at) VALUES (?, ?, ?, ?)`,
+		site.ID, site.Name, site.Organisation, formatTime(site.CreatedAt))
+	if isUniqueViolation(err) {
+		return fmt.Errorf("a site named %q already exists: %w", site.Name, problem.ErrConflict)
+	}
+	return err
+}
+
+// Site returns the site with the given ID.
+func (s *Store) Site(ctx context.Context, id string) (Site, error) {
+	var site Site
+	var created string
+	err := s.direct().queryRow(ctx, `SELECT id, name, organisation, created_at FROM sites WHERE id = ?`, id).
+		Scan(&site.ID, &site.Name, &site.Organisation, &created)
+	site.CreatedAt = parseTime(created)
+	return site, notFound(err, fmt.Sprintf("site %q", id))
+}
+
+// Sites returns every site, by name.
+func (s *Store) Sites(ctx context.Context) ([]Site, error) {
+	rows, err := s.direct().query(ctx, `SELECT id, name, organisation, created_at FROM sites ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Site
+	for rows.Next() {
+		var site Site
+		var created string
+		if err := rows.Scan(&site.ID, &site.Name, &site.Organisation, &created); err != nil {
+			return nil, err
+		}
+		site.CreatedAt = parseTime(created)
+		out = append(out, site)
+	}
+	return out, rows.Err()
+}
+
+// CreateEnrollmentToken records the hash of a one-time enrollment token for
+// a site.
+func (s *Store) CreateEnrollmentToken(ctx context.Context, siteID, tokenHash string, now, expires time.Time) error {
+	_, err := s.direct().exec(ctx, `INSERT INTO enrollment_tokens (token_hash, site_id, created_at, expires_at) VALUES (?, ?, ?, ?)`,
+		tokenHash, siteID, formatTime(now), formatTime(expires))
+	return err
+}
+
+// Enroll consumes the enrollment token with the given hash and adds d to the
+// token's site, with credentialHash as the hash of its device credential. It fails with problem.ErrUnauthorized for an unknown or
+// expired token and problem.ErrConflict for one already used; then nothing
+// changes.
+func (s *Store) Enroll(ctx context.Context, tokenHash, credentialHash string, now time.Time, d Device) (Device, error) {
+	err := s.tx(ctx, func(q *txq) error {
+		var siteID, expires string
+		var used sql.NullString
+		err := q.queryRow(ctx, `SELECT site_id, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?`, tokenHash).
+			Scan(&siteID, &expires, &used)
+		if err == sql.ErrNoRows {
+			return fmt.Errorf("enrollment token is not known: %w", problem.ErrUnauthorized)
+		}
+		if err != nil {
+			return err
+		}
+		if used.Valid {
+			return fmt.Errorf("enrollment token was already used: %w", problem.ErrConflict)
+		}
+		if !now.Before(parseTime(expires)) {
+			return fmt.Errorf("enrollment token expired at %s: %w", expires, problem.ErrUnauthorized)
+		}
+		// The used_at guard makes a concurrent second use affect no row.
+		res, err := q.exec(ctx, `UPDATE enrollment_tokens SET used_at = ?, device_id = ? WHERE token_hash = ? AND used_at IS NULL`,
+			formatTime(now), d.ID, tokenHash)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("enrollment token was already used: %w", problem.ErrConflict)
+		}
+		d.SiteID = siteID
+		d.EnrolledAt = now
+		d.State = protocol.StateIdle
+		_, err = q.exec(ctx, `INSERT INTO devices (id, site_id, serial, model, hardware_revision, installed_version, token_hash,
+			state, state_reason, last_seq, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', 0, ?)`,
+			d.ID, d.SiteID, d.Serial, d.Model, d.HardwareRevision, d.InstalledVersion, credentialHash, d.State, formatTime(now))
+		return err
+	})
+	return d, err
+}
+
+const deviceColumns = `d.id, d.site_id, d.serial, d.model, d.hardware_revision, d.installed_version,
+	d.state, d.state_reason, d.state_release_id, d.last_seq, d.last_seen, d.enrolled_at`
+
+func scanDevice(sc interface{ Scan(...any) error }, extra ...any) (Device, error) {
+	var d Device
+	var releaseID, lastSeen sql.NullString
+	var enrolled string
+	dest := append([]any{&d.ID, &d.SiteID, &d.Serial, &d.Model, &d.HardwareRevision, &d.InstalledVersion,
+		&d.State, &d.StateReason, &releaseID, &d.LastSeq, &lastSeen, &enrolled}, extra...)
+	if err := sc.Scan(dest...); err != nil {
+		return d, err
+	}
+	d.StateReleaseID = releaseID.String
+	d.LastSeen = parseNullTime(lastSeen)
+	d.EnrolledAt = parseTime(enrolled)
+	return d, nil
+}
+
+// Device returns the device with the given ID.
+func (s *Store) Device(ctx context.Context, id string) (Device, error) {
+	d, err := scanDevice(s.direct().queryRow(ctx, `SELECT `+deviceColumns+` FROM devices d WHERE d.id = ?`, id))
+	return d, notFound(err, fmt.Sprintf("device %q", id))
+}
+
+// DeviceByTokenHash returns the device whose credential hashes to tokenHash.
+func (s *Store) DeviceByTokenHash(ctx context.Context, tokenHash string) (Device, error) {
+	d, err := scanDevice(s.direct().queryRow(ctx, `SELECT `+deviceColumns+` FROM devices d WHERE d.token_hash = ?`, tokenHash))
+	return d, notFound(err, "device credential")
+}
+
+// A DeviceFilter selects devices; an empty field does not filter.
+type DeviceFilter struct {
+	Models  []string
+	SiteIDs []string
+}
+
+// Devices returns the devices matching f, by ID.
+func (s *Store) Devices(ctx context.Context, f DeviceFilter) ([]Device, error) {
+	var where []string
+	var args []any
+	if len(f.Models) > 0 {
+		where = append(where, "d.model IN ("+placeholders(len(f.Models))+")")
+		args = appendAll(args, f.Models)
+	}
+	if len(f.SiteIDs) > 0 {
+		where = append(where, "d.site_id IN ("+placeholders(len(f.SiteIDs))+")")
+		args = appendAll(args, f.SiteIDs)
+	}
+	q := `SELECT ` + deviceColumns + ` FROM devices d`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	rows, err := s.direct().query(ctx, q+" ORDER BY d.id", args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+func appendAll(args []any, vals []string) []any {
+	for _, v := range vals {
+		args = append(args, v)
+	}
+	return args
+}
