@@ -153,6 +153,15 @@ func streamError(img Image, stored *meter, out *errWriter, decodeErr error) erro
 	case stored.n > img.Length:
 		return &MismatchError{What: "stored length", Detail: fmt.Sprintf("more than the signed %d bytes", img.Length)}
 	}
+	// A stream that does not decode is most often one that was altered:
+	// read the rest (never past the signed length) and, if its digest
+	// differs from the signed one, say so, since that is the cause.
+	if _, err := io.Copy(io.Discard, stored); err == nil {
+		if stored.n != img.Length || stored.sum() != img.SHA256 {
+			return &MismatchError{What: "stored sha256", Detail: fmt.Sprintf("the image does not decode and its digest %s (%d bytes) differs from the signed %s (%d bytes); it was altered or corrupted in transit",
+				stored.sum(), stored.n, img.SHA256, img.Length)}
+		}
+	}
 	return decodeErr
 }
 

@@ -122,12 +122,17 @@ func (o *Outbox) Append(r protocol.StateReport, now time.Time) (protocol.StateRe
 	r.Format = protocol.Format
 	r.Seq = o.c.LastSeq + 1
 	r.Time = now.UTC()
-	r.Dropped = o.c.Dropped
 	b, err := json.Marshal(r)
 	if err != nil {
 		return r, err
 	}
-	if err := o.makeRoomLocked(int64(len(b))); err != nil {
+	// Make room first: what is dropped now must be counted in this report.
+	// The count adds at most 32 bytes to the encoding.
+	if err := o.makeRoomLocked(int64(len(b)) + 32); err != nil {
+		return r, err
+	}
+	r.Dropped = o.c.Dropped
+	if b, err = json.Marshal(r); err != nil {
 		return r, err
 	}
 	if err := atomicfile.WriteFile(o.entryPath(r.Seq), b, 0o600); err != nil {

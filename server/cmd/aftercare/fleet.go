@@ -59,11 +59,12 @@ func siteCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var s site
-			if err := c.postJSON(cmd.Context(), "/api/v1/sites", map[string]string{"name": args[0], "organisation": org}, &s); err != nil {
+			var raw []byte
+			if err := c.postJSON(cmd.Context(), "/api/v1/sites", map[string]string{"name": args[0], "organisation": org}, &raw); err != nil {
 				return err
 			}
-			return e.print(s, func(w io.Writer) { fmt.Fprintf(w, "site %s: %s\n", s.ID, s.Name) })
+			var s site
+			return e.show(raw, &s, func(w io.Writer) { fmt.Fprintf(w, "site %s: %s\n", s.ID, s.Name) })
 		},
 	}
 	create.Flags().StringVar(&org, "organisation", "", "the hospital or organisation the site belongs to")
@@ -76,13 +77,14 @@ func siteCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var raw []byte
+			if err := c.getJSON(cmd.Context(), "/api/v1/sites", &raw); err != nil {
+				return err
+			}
 			var out struct {
 				Sites []site `json:"sites"`
 			}
-			if err := c.getJSON(cmd.Context(), "/api/v1/sites", &out); err != nil {
-				return err
-			}
-			return e.print(out, func(w io.Writer) {
+			return e.show(raw, &out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tNAME\tORGANISATION")
 				for _, s := range out.Sites {
@@ -102,14 +104,15 @@ func siteCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var raw []byte
+			if err := c.postJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/enrollment-tokens", map[string]int{"count": count}, &raw); err != nil {
+				return err
+			}
 			var out struct {
 				Tokens    []string  `json:"tokens"`
 				ExpiresAt time.Time `json:"expires_at"`
 			}
-			if err := c.postJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/enrollment-tokens", map[string]int{"count": count}, &out); err != nil {
-				return err
-			}
-			return e.print(out, func(w io.Writer) {
+			return e.show(raw, &out, func(w io.Writer) {
 				for _, t := range out.Tokens {
 					fmt.Fprintln(w, t)
 				}
@@ -135,15 +138,16 @@ func rolloutCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var raw []byte
+			req := map[string]any{"release_id": releaseID, "site_ids": sites, "models": models}
+			if err := c.postJSON(cmd.Context(), "/api/v1/rollouts", req, &raw); err != nil {
+				return err
+			}
 			var out struct {
 				ID      string   `json:"id"`
 				Devices []string `json:"devices"`
 			}
-			req := map[string]any{"release_id": releaseID, "site_ids": sites, "models": models}
-			if err := c.postJSON(cmd.Context(), "/api/v1/rollouts", req, &out); err != nil {
-				return err
-			}
-			return e.print(out, func(w io.Writer) {
+			return e.show(raw, &out, func(w io.Writer) {
 				fmt.Fprintf(w, "rollout %s: %d device(s) assigned and notified\n", out.ID, len(out.Devices))
 			})
 		},
@@ -166,18 +170,21 @@ func patchStateCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var raw []byte
 			if siteID != "" {
-				var sp sitePatch
-				if err := c.getJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(siteID)+"/patch-state", &sp); err != nil {
+				if err := c.getJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(siteID)+"/patch-state", &raw); err != nil {
 					return err
 				}
-				return e.print(sp, func(w io.Writer) { printSitePatch(w, sp) })
+				var sp sitePatch
+				return e.show(raw, &sp, func(w io.Writer) { printSitePatch(w, sp) })
 			}
-			sites, err := fetchSummary(cmd.Context(), c)
-			if err != nil {
+			if err := c.getJSON(cmd.Context(), "/api/v1/patch-state", &raw); err != nil {
 				return err
 			}
-			return e.print(map[string]any{"sites": sites}, func(w io.Writer) { printSummary(w, sites) })
+			var out struct {
+				Sites []sitePatch `json:"sites"`
+			}
+			return e.show(raw, &out, func(w io.Writer) { printSummary(w, out.Sites) })
 		},
 	}
 	cmd.Flags().StringVar(&siteID, "site", "", "site ID: list its devices")
@@ -254,17 +261,18 @@ func devicesCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct {
-				Devices []device `json:"devices"`
-			}
 			path := "/api/v1/devices"
 			if siteID != "" {
 				path += "?site_id=" + url.QueryEscape(siteID)
 			}
-			if err := c.getJSON(cmd.Context(), path, &out); err != nil {
+			var raw []byte
+			if err := c.getJSON(cmd.Context(), path, &raw); err != nil {
 				return err
 			}
-			return e.print(out, func(w io.Writer) { printDevices(w, out.Devices) })
+			var out struct {
+				Devices []device `json:"devices"`
+			}
+			return e.show(raw, &out, func(w io.Writer) { printDevices(w, out.Devices) })
 		},
 	}
 	cmd.Flags().StringVar(&siteID, "site", "", "only devices of this site")

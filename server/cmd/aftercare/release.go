@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -304,11 +305,12 @@ func (e *env) upload(ctx context.Context, bundle string, signed []byte) error {
 	if err != nil {
 		return err
 	}
-	var rel release
-	if err := c.uploadRelease(ctx, bundle, signed, &rel); err != nil {
+	var raw []byte
+	if err := c.uploadRelease(ctx, bundle, signed, &raw); err != nil {
 		return err
 	}
-	return e.print(rel, func(w io.Writer) {
+	var rel release
+	return e.show(raw, &rel, func(w io.Writer) {
 		fmt.Fprintf(w, "published release %s: %s %s (%s)\n", rel.ID, rel.Product, rel.Version, rel.TargetPath)
 	})
 }
@@ -349,13 +351,14 @@ func releaseListCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var raw []byte
+			if err := c.getJSON(cmd.Context(), "/api/v1/releases", &raw); err != nil {
+				return err
+			}
 			var out struct {
 				Releases []release `json:"releases"`
 			}
-			if err := c.getJSON(cmd.Context(), "/api/v1/releases", &out); err != nil {
-				return err
-			}
-			return e.print(out, func(w io.Writer) {
+			return e.show(raw, &out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tPRODUCT\tVERSION\tMODELS\tPUBLISHED")
 				for _, r := range out.Releases {
@@ -367,12 +370,20 @@ func releaseListCmd(e *env) *cobra.Command {
 	}
 }
 
-// print writes v as JSON with --json, else as the table human writes.
-func (e *env) print(v any, human func(io.Writer)) error {
+// show prints the server's JSON answer as it is with --json; otherwise it
+// decodes the answer into view and prints what human writes.
+func (e *env) show(raw []byte, view any, human func(io.Writer)) error {
 	if e.json {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		var buf bytes.Buffer
+		if err := json.Indent(&buf, raw, "", "  "); err != nil {
+			return fmt.Errorf("server answer is not JSON: %w", err)
+		}
+		buf.WriteByte('\n')
+		_, err := e.stdout.Write(buf.Bytes())
+		return err
+	}
+	if err := json.Unmarshal(raw, view); err != nil {
+		return fmt.Errorf("decode server answer: %w", err)
 	}
 	human(e.stdout)
 	return nil

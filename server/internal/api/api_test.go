@@ -1,0 +1,329 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sigstore/sigstore/pkg/signature"
+
+	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/server/internal/api"
+	"github.com/aftercare/aftercare/server/internal/fleet"
+	"github.com/aftercare/aftercare/server/internal/release"
+	"github.com/aftercare/aftercare/server/internal/store"
+	"github.com/aftercare/aftercare/server/internal/store/storetest"
+	"github.com/aftercare/aftercare/server/internal/tufrepo"
+	"github.com/aftercare/aftercare/signing"
+)
+
+const adminToken = "test-admin-token"
+
+// stack is a fleet server without a broker, on real storage.
+type stack struct {
+	srv      *httptest.Server
+	store    *store.Store
+	repoDir  string
+	dataDir  string
+	keysDir  string
+	targets  signature.Signer
+	snapshot signature.Signer
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	ctx := context.Background()
+	st := &stack{dataDir: t.TempDir(), keysDir: t.TempDir()}
+	if _, err := signing.InitRepository(ctx, signing.InitOptions{Dir: st.keysDir}); err != nil {
+		t.Fatal(err)
+	}
+	load := func(name string) signature.Signer {
+		s, err := signing.LoadSigner(ctx, filepath.Join(st.keysDir, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	st.targets, st.snapshot = load(signing.TargetsKeyFile), load(signing.SnapshotKeyFile)
+	log := slog.New(slog.DiscardHandler)
+	st.repoDir = filepath.Join(st.dataDir, "repo")
+	opts := tufrepo.Options{Dir: st.repoDir, SnapshotSigner: st.snapshot, TimestampSigner: load(signing.TimeKeyFile), Log: log}
+	root, _ := os.ReadFile(filepath.Join(st.keysDir, signing.RootFile))
+	if err := tufrepo.Init(opts, root); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := tufrepo.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.store = storetest.SQLite(t)
+	rel, err := release.New(release.Options{Store: st.store, Repo: repo, StagingDir: filepath.Join(st.dataDir, "staging"), SBOMDir: filepath.Join(st.dataDir, "sboms"), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := fleet.New(fleet.Options{Store: st.store, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, RepoDir: st.repoDir, AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.srv = httptest.NewServer(h)
+	t.Cleanup(st.srv.Close)
+	return st
+}
+
+// call sends a request and decodes the JSON answer into out (if not nil).
+func (st *stack) call(t *testing.T, method, path, token, contentType string, body io.Reader, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, st.srv.URL+path, body)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if out != nil {
+		json.Unmarshal(b, out)
+	}
+	return res.StatusCode
+}
+
+func (st *stack) postJSON(t *testing.T, path, token string, in, out any) int {
+	t.Helper()
+	b, _ := json.Marshal(in)
+	return st.call(t, http.MethodPost, path, token, "application/json", bytes.NewReader(b), out)
+}
+
+// bundle builds a release bundle with an uncompressed image.
+func bundle(t *testing.T, version string) ([]byte, *firmware.Manifest) {
+	t.Helper()
+	dir := t.TempDir()
+	raw := make([]byte, 20_000)
+	rand.Read(raw)
+	img := filepath.Join(dir, "image")
+	os.WriteFile(img, raw, 0o644)
+	desc, err := firmware.DescribeImage(img, firmware.CompressionNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &firmware.Manifest{Format: 1, Product: "pump", Version: version, Models: []string{"pump-x1"}, Image: desc}
+	var b bytes.Buffer
+	if err := firmware.WriteBundle(&b, m, firmware.BundleSource{Image: img}); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes(), m
+}
+
+// sign signs m into the next targets metadata on the first targets file.
+func (st *stack) sign(t *testing.T, m *firmware.Manifest, s signature.Signer) []byte {
+	t.Helper()
+	cur, _ := os.ReadFile(filepath.Join(st.keysDir, signing.TargetsFile))
+	b, err := signing.SignRelease(signing.SignReleaseOptions{Current: cur, Manifest: m, Signer: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (st *stack) upload(t *testing.T, bundle, targets []byte, out any) int {
+	t.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	if targets != nil {
+		w, _ := mw.CreateFormFile("targets", "targets.json")
+		w.Write(targets)
+	}
+	if bundle != nil {
+		w, _ := mw.CreateFormFile("bundle", "bundle.tar")
+		w.Write(bundle)
+	}
+	mw.Close()
+	return st.call(t, http.MethodPost, "/api/v1/releases", adminToken, mw.FormDataContentType(), &body, out)
+}
+
+// nothingPublished asserts no release, no repository metadata beyond the
+// root, and no leftover staging files.
+func (st *stack) nothingPublished(t *testing.T) {
+	t.Helper()
+	rels, _ := st.store.Releases(context.Background())
+	if len(rels) != 0 {
+		t.Errorf("%d releases recorded, want none", len(rels))
+	}
+	if _, err := os.Stat(filepath.Join(st.repoDir, "metadata", "timestamp.json")); err == nil {
+		t.Error("the repository published a timestamp")
+	}
+	staged, _ := os.ReadDir(filepath.Join(st.dataDir, "staging"))
+	if len(staged) != 0 {
+		t.Errorf("%d staging files left behind", len(staged))
+	}
+	targets, _ := filepath.Glob(filepath.Join(st.repoDir, "targets", "*"))
+	if len(targets) != 0 {
+		t.Errorf("target files stored: %v", targets)
+	}
+}
+
+func TestPublishRelease(t *testing.T) {
+	st := newStack(t)
+	b, m := bundle(t, "1.1.0")
+	var rel struct {
+		ID string `json:"id"`
+	}
+	if code := st.upload(t, b, st.sign(t, m, st.targets), &rel); code != http.StatusCreated {
+		t.Fatalf("upload = %d, want 201", code)
+	}
+	for _, p := range []string{"/tuf/release/metadata/timestamp.json", "/tuf/release/metadata/1.root.json", "/tuf/release/metadata/2.targets.json"} {
+		if code := st.call(t, http.MethodGet, p, "", "", nil, nil); code != http.StatusOK {
+			t.Errorf("GET %s = %d, want 200", p, code)
+		}
+	}
+	for _, p := range []string{"/tuf/release/../repo/metadata/1.root.json", "/tuf/release/metadata/", "/tuf/release/staging/x"} {
+		if code := st.call(t, http.MethodGet, p, "", "", nil, nil); code == http.StatusOK {
+			t.Errorf("GET %s = 200, want it refused", p)
+		}
+	}
+	// The same version again is a conflict, and changes nothing.
+	b2, m2 := bundle(t, "1.1.0")
+	if code := st.upload(t, b2, st.sign(t, m2, st.targets), nil); code != http.StatusConflict && code != http.StatusBadRequest {
+		t.Fatalf("second upload of 1.1.0 = %d, want 409 or 400", code)
+	}
+	if rels, _ := st.store.Releases(context.Background()); len(rels) != 1 {
+		t.Fatalf("%d releases after a refused duplicate, want 1", len(rels))
+	}
+}
+
+func TestBadReleaseUploadsChangeNothing(t *testing.T) {
+	good, m := bundle(t, "1.1.0")
+	other, om := bundle(t, "1.1.0") // same version, different image
+	tests := []struct {
+		name     string
+		bundle   func(st *stack) []byte
+		targets  func(st *stack) []byte
+		wantCode int
+		wantMsg  string
+	}{
+		{"malformed-bundle", func(*stack) []byte { return []byte("not a tar file") },
+			func(st *stack) []byte { return st.sign(t, m, st.targets) }, 400, "bundle"},
+		{"unsigned", func(*stack) []byte { return good }, nil, 400, `"targets" is missing`},
+		{"signed-with-server-key", func(*stack) []byte { return good },
+			func(st *stack) []byte { return st.sign(t, m, st.snapshot) }, 400, "not signed to threshold"},
+		{"signed-by-stranger", func(*stack) []byte { return good }, func(st *stack) []byte {
+			dir := t.TempDir()
+			signing.InitRepository(context.Background(), signing.InitOptions{Dir: dir})
+			s, _ := signing.LoadSigner(context.Background(), filepath.Join(dir, signing.TargetsKeyFile), nil)
+			return st.sign(t, m, s)
+		}, 400, "not signed to threshold"},
+		{"bundle-swapped-after-signing", func(*stack) []byte { return other },
+			func(st *stack) []byte { return st.sign(t, m, st.targets) }, 400, "differs"},
+		{"targets-not-json", func(*stack) []byte { return good }, func(*stack) []byte { return []byte("{nope") }, 400, "does not parse"},
+		{"no-bundle", nil, func(st *stack) []byte { return st.sign(t, om, st.targets) }, 400, `"bundle" is missing`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := newStack(t)
+			var b, tg []byte
+			if tt.bundle != nil {
+				b = tt.bundle(st)
+			}
+			if tt.targets != nil {
+				tg = tt.targets(st)
+			}
+			var out struct {
+				Error    string   `json:"error"`
+				Problems []string `json:"problems"`
+			}
+			code := st.upload(t, b, tg, &out)
+			msg := out.Error + " " + strings.Join(out.Problems, " ")
+			if code != tt.wantCode || !strings.Contains(msg, tt.wantMsg) {
+				t.Fatalf("upload = %d %q, want %d mentioning %q", code, msg, tt.wantCode, tt.wantMsg)
+			}
+			st.nothingPublished(t)
+		})
+	}
+}
+
+func TestEnrollmentAndSites(t *testing.T) {
+	st := newStack(t)
+	var site struct{ ID string }
+	if code := st.postJSON(t, "/api/v1/sites", adminToken, map[string]string{"name": "St. Mary Radiology"}, &site); code != 201 {
+		t.Fatalf("create site = %d", code)
+	}
+	var toks struct{ Tokens []string }
+	if code := st.postJSON(t, "/api/v1/sites/"+site.ID+"/enrollment-tokens", adminToken, map[string]int{"count": 1}, &toks); code != 201 || len(toks.Tokens) != 1 {
+		t.Fatalf("create tokens = %d %v", code, toks)
+	}
+	enroll := map[string]string{"token": toks.Tokens[0], "model": "pump-x1", "installed_version": "1.0.0", "serial": "PX1"}
+	var dev struct {
+		DeviceID    string `json:"device_id"`
+		DeviceToken string `json:"device_token"`
+	}
+	if code := st.postJSON(t, "/api/v1/enroll", "", enroll, &dev); code != 201 || dev.DeviceToken == "" {
+		t.Fatalf("enroll = %d %+v", code, dev)
+	}
+	if code := st.call(t, http.MethodGet, "/api/v1/device/assignment", dev.DeviceToken, "", nil, nil); code != http.StatusNoContent {
+		t.Fatalf("assignment before any rollout = %d, want 204", code)
+	}
+	countDevices := func() int {
+		d, _ := st.store.Devices(context.Background(), store.DeviceFilter{})
+		return len(d)
+	}
+	tests := []struct {
+		name     string
+		method   string
+		path     string
+		token    string
+		body     any
+		wantCode int
+	}{
+		{"reused-enrollment-token", "POST", "/api/v1/enroll", "", enroll, 409},
+		{"bad-model", "POST", "/api/v1/enroll", "", map[string]string{"token": "x", "model": "Pump X1!", "installed_version": "1.0.0"}, 400},
+		{"unknown-field", "POST", "/api/v1/enroll", "", map[string]string{"token": "x", "model": "pump-x1", "installed_version": "1.0.0", "site_id": "other"}, 400},
+		{"tokens-for-unknown-site", "POST", "/api/v1/sites/no-such-site/enrollment-tokens", adminToken, map[string]int{"count": 1}, 404},
+		{"too-many-tokens", "POST", "/api/v1/sites/" + site.ID + "/enrollment-tokens", adminToken, map[string]int{"count": 100000}, 400},
+		{"patch-state-of-unknown-site", "GET", "/api/v1/sites/no-such-site/patch-state", adminToken, nil, 404},
+		{"duplicate-site", "POST", "/api/v1/sites", adminToken, map[string]string{"name": "St. Mary Radiology"}, 409},
+		{"empty-site-name", "POST", "/api/v1/sites", adminToken, map[string]string{"name": " "}, 400},
+		{"rollout-of-unknown-release", "POST", "/api/v1/rollouts", adminToken, map[string]string{"release_id": "nope"}, 400},
+		{"no-admin-token", "GET", "/api/v1/sites", "", nil, 401},
+		{"device-token-is-not-admin", "GET", "/api/v1/sites", dev.DeviceToken, nil, 401},
+		{"admin-token-is-not-a-device", "GET", "/api/v1/device/assignment", adminToken, nil, 401},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := countDevices()
+			var code int
+			if tt.method == "POST" {
+				code = st.postJSON(t, tt.path, tt.token, tt.body, nil)
+			} else {
+				code = st.call(t, tt.method, tt.path, tt.token, "", nil, nil)
+			}
+			if code != tt.wantCode {
+				t.Fatalf("%s %s = %d, want %d", tt.method, tt.path, code, tt.wantCode)
+			}
+			if after := countDevices(); after != before {
+				t.Fatalf("devices went from %d to %d on a refused request", before, after)
+			}
+		})
+	}
+	sites, _ := st.store.Sites(context.Background())
+	if len(sites) != 1 {
+		t.Fatalf("%d sites after refused requests, want 1", len(sites))
+	}
+}

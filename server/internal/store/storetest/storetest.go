@@ -1,0 +1,91 @@
+// Package storetest runs store tests against every database the store
+// supports: SQLite in a temporary directory always, and PostgreSQL when it
+// is reachable (AFTERCARE_TEST_POSTGRES, default the local server's "test"
+// database), each test in a schema of its own that is dropped afterwards.
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"net/url"
+	"path/filepath"
+	"testing"
+
+	"github.com/aftercare/aftercare/internal/testenv"
+	"github.com/aftercare/aftercare/server/internal/store"
+)
+
+// DefaultPostgres is used when AFTERCARE_TEST_POSTGRES is unset.
+const DefaultPostgres = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+// ForEach runs fn as a subtest on SQLite and on PostgreSQL.
+func ForEach(t *testing.T, fn func(t *testing.T, s *store.Store)) {
+	t.Helper()
+	t.Run("sqlite", func(t *testing.T) { fn(t, SQLite(t)) })
+	t.Run("postgres", func(t *testing.T) { fn(t, Postgres(t)) })
+}
+
+// SQLiteURL returns a database URL for a new SQLite file in a temporary
+// directory.
+func SQLiteURL(t testing.TB) string {
+	return "sqlite://" + filepath.Join(t.TempDir(), "test.db")
+}
+
+// SQLite opens a store on a new SQLite file.
+func SQLite(t testing.TB) *store.Store {
+	t.Helper()
+	return open(t, SQLiteURL(t))
+}
+
+// PostgresURL creates a schema of its own for t and returns a URL that uses
+// it; the schema is dropped when t ends. It skips (fails under CI) when
+// PostgreSQL is not reachable.
+func PostgresURL(t testing.TB) string {
+	t.Helper()
+	base := testenv.Getenv("AFTERCARE_TEST_POSTGRES", DefaultPostgres)
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("AFTERCARE_TEST_POSTGRES: %v", err)
+	}
+	testenv.Need(t, "PostgreSQL", u.Host, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	b := make([]byte, 6)
+	rand.Read(b)
+	schema := "t_" + hex.EncodeToString(b)
+	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
+		testenv.Missing(t, "PostgreSQL at "+u.Host+" refused CREATE SCHEMA: "+err.Error())
+	}
+	t.Cleanup(func() {
+		admin, err := sql.Open("pgx", base)
+		if err == nil {
+			admin.Exec("DROP SCHEMA " + schema + " CASCADE")
+			admin.Close()
+		}
+	})
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// Postgres opens a store on a schema of its own in PostgreSQL.
+func Postgres(t testing.TB) *store.Store {
+	t.Helper()
+	return open(t, PostgresURL(t))
+}
+
+func open(t testing.TB, dbURL string) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), dbURL)
+	if err != nil {
+		t.Fatalf("store.Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
