@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 
 	"github.com/caarlos0/env/v11"
 	"go.yaml.in/yaml/v3"
@@ -72,13 +73,37 @@ func Env(dst any, getenv func(string) string) error {
 		return err
 	}
 	m := map[string]string{}
+	var errs []error
 	for _, p := range params {
-		if v := getenv(EnvPrefix + p.Key); v != "" {
-			m[EnvPrefix+p.Key] = v
+		name := EnvPrefix + p.Key
+		v := getenv(name)
+		if v == "" {
+			continue
+		}
+		m[name] = v
+		// Parse each variable alone into a scratch value, so an error can
+		// name the variable the user set. The value is not repeated: it
+		// may be a secret.
+		scratch := reflect.New(reflect.TypeOf(dst).Elem()).Interface()
+		if err := env.ParseWithOptions(scratch, env.Options{Prefix: EnvPrefix, Environment: map[string]string{name: v}}); err != nil {
+			errs = append(errs, fmt.Errorf("environment variable %s: %w", name, unwrapParse(err)))
 		}
 	}
-	if err := env.ParseWithOptions(dst, env.Options{Prefix: EnvPrefix, Environment: m}); err != nil {
-		return fmt.Errorf("environment: %w", err)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
-	return nil
+	return env.ParseWithOptions(dst, env.Options{Prefix: EnvPrefix, Environment: m})
+}
+
+// unwrapParse digs the cause out of the env library's aggregate error.
+func unwrapParse(err error) error {
+	var agg env.AggregateError
+	if errors.As(err, &agg) && len(agg.Errors) > 0 {
+		err = agg.Errors[0]
+	}
+	var pe env.ParseError
+	if errors.As(err, &pe) && pe.Err != nil {
+		return pe.Err
+	}
+	return err
 }

@@ -1,0 +1,34 @@
+# Aftercare. `make demo` runs the whole loop locally; `make test` runs every test.
+GO      ?= go
+BIN     ?= bin
+TIMEOUT ?= 30m
+
+.PHONY: all build demo test vet fuzz clean
+
+all: build
+
+## build: the server, the CLI, the agent and the fleet simulator into ./bin
+build:
+	$(GO) build -o $(BIN)/ ./server/cmd/aftercare-server ./server/cmd/aftercare ./agent/cmd/aftercare-agent ./agent/cmd/aftercare-sim
+
+## demo: server + embedded broker + SQLite + simulated devices in two sites, a signed release rolled out
+demo: build
+	./$(BIN)/aftercare demo
+
+## test: vet, then every test with the race detector (needs Mosquitto and PostgreSQL; see README)
+test: vet
+	$(GO) test -race -timeout $(TIMEOUT) ./...
+
+vet:
+	$(GO) vet ./...
+
+## fuzz: run each fuzz target briefly (FUZZTIME=30s by default)
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./firmware
+	$(GO) test -run '^$$' -fuzz FuzzOpenBundle -fuzztime $(FUZZTIME) ./firmware
+	$(GO) test -run '^$$' -fuzz FuzzParseStateReport -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz FuzzParseHint -fuzztime $(FUZZTIME) ./protocol
+
+clean:
+	rm -rf $(BIN) aftercare-demo

@@ -1,0 +1,62 @@
+package config_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aftercare/aftercare/agent/internal/config"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "agent.yaml")
+	os.WriteFile(p, []byte(body), 0o600)
+	return p
+}
+
+const valid = `
+server_url: http://fleet.example:8080
+model: pump-x1
+factory_version: 1.0.0
+slot_a: /dev/mmcblk0p2
+slot_b: /dev/mmcblk0p3
+enrollment_token: ace_secret
+`
+
+func TestLoadOrderFileThenEnvThenFlags(t *testing.T) {
+	p := writeFile(t, valid+"poll_interval: 10m\n")
+	cfg, err := config.Load([]string{"-config", p, "-state-dir", "/data/aftercare"}, env(map[string]string{"AFTERCARE_POLL_INTERVAL": "5m"}))
+	if err != nil {
+		t.Fatalf("Load() = %v", err)
+	}
+	if cfg.PollInterval != 5*time.Minute || cfg.StateDir != "/data/aftercare" || cfg.Model != "pump-x1" || cfg.BootDir != "/data/aftercare/boot" {
+		t.Fatalf("Load() = %+v", cfg)
+	}
+	if s := cfg.EnrollmentToken.String(); s != "REDACTED" {
+		t.Fatalf("the enrollment token prints as %q", s)
+	}
+}
+
+func TestLoadReportsEveryProblem(t *testing.T) {
+	p := writeFile(t, "server_url: ftp://x\nmodel: Pump!\nslot_a: /dev/a\nslot_b: /dev/a\npoll_interval: 1ms\n")
+	_, err := config.Load([]string{"-config", p}, env(nil))
+	for _, want := range []string{"server_url", "model", "factory_version", "slot_a", "poll_interval"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Load() = %v, want it to name %s", err, want)
+		}
+	}
+}
+
+func TestLoadRejectsUnknownKeys(t *testing.T) {
+	p := writeFile(t, valid+"pol_interval: 5m\n")
+	if _, err := config.Load([]string{"-config", p}, env(nil)); err == nil || !strings.Contains(err.Error(), "pol_interval") {
+		t.Fatalf("Load(typo) = %v, want it to name the unknown key", err)
+	}
+}
