@@ -60,3 +60,9 @@ func TestLoadRejectsUnknownKeys(t *testing.T) {
 		t.Fatalf("Load(typo) = %v, want it to name the unknown key", err)
 	}
 }
+
+func TestShippedExampleIsValid(t *testing.T) {
+	if _, err := config.Load([]string{"-config", "../../../deploy/agent/agent.yaml"}, env(nil)); err != nil {
+		t.Fatalf("deploy/agent/agent.yaml: %v", err)
+	}
+}

@@ -48,3 +48,9 @@ func TestBadEnvironmentValue(t *testing.T) {
 		t.Fatalf("Load() = %v, want it to name AFTERCARE_TIMESTAMP_EXPIRY", err)
 	}
 }
+
+func TestShippedExampleIsValid(t *testing.T) {
+	if _, err := config.Load([]string{"-config", "../../../deploy/server/server.yaml"}, env(nil)); err != nil {
+		t.Fatalf("deploy/server/server.yaml: %v", err)
+	}
+}
