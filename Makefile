@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 TIMEOUT ?= 30m
 
-.PHONY: all build demo test vet fuzz clean
+.PHONY: all build demo test vet bench fuzz clean
 
 all: build
 
@@ -21,6 +21,10 @@ test: vet
 
 vet:
 	$(GO) vet ./...
+
+## bench: benchmarks; each reports its figures as ratios against a baseline measured in the same run
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 ## fuzz: run each fuzz target briefly (FUZZTIME=30s by default)
 FUZZTIME ?= 30s

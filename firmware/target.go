@@ -10,6 +10,11 @@ import (
 // release's version, models and raw image digest from here and nowhere else.
 type TargetCustom struct {
 	Manifest Manifest `json:"aftercare"`
+	// AllowRollback, signed by the release keys, lets devices that run a
+	// newer version install this release: the only way back to an older
+	// release. It is a decision of release engineering, made when signing,
+	// not part of the bundle.
+	AllowRollback bool `json:"allow_rollback,omitempty"`
 }
 
 // ParseTargetCustom decodes and validates the custom field of a targets

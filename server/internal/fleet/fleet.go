@@ -31,6 +31,14 @@ type Hinter interface {
 	Hint(ctx context.Context, deviceID, reason string) error
 }
 
+// An AssignmentPublisher is told after every change of device assignments
+// (the assignments table is the single record of which device should run
+// which release), so it can publish them to the devices, e.g. as the TUF
+// rollout repository.
+type AssignmentPublisher interface {
+	AssignmentsChanged(ctx context.Context, deviceIDs []string) error
+}
+
 // Options configures a Service.
 type Options struct {
 	Store *store.Store // required
@@ -38,6 +46,9 @@ type Options struct {
 	// Hints is where rollouts send hints; nil until the broker is
 	// connected, see SetHinter.
 	Hints Hinter
+	// Publisher is told about every change of assignments; nil publishes
+	// nothing beyond the store.
+	Publisher AssignmentPublisher
 	// TopicPrefix is the MQTT topic prefix enrolling devices are told to
 	// use; default protocol.DefaultTopicPrefix.
 	TopicPrefix string
@@ -262,6 +273,11 @@ func (s *Service) CreateRollout(ctx context.Context, req RolloutRequest) (store.
 		return store.Rollout{}, err
 	}
 	s.opts.Log.Info("rollout created", "rollout_id", r.ID, "release", rel.ID, "devices", len(r.Devices))
+	if s.opts.Publisher != nil {
+		if err := s.opts.Publisher.AssignmentsChanged(ctx, r.Devices); err != nil {
+			return store.Rollout{}, fmt.Errorf("publish assignments: %w", err)
+		}
+	}
 	s.hintAll(ctx, r.Devices, "rollout")
 	return r, nil
 }
