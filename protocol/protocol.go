@@ -186,14 +186,49 @@ type EnrollResponse struct {
 	TopicPrefix string `json:"topic_prefix"`
 }
 
-// Assignment is the answer to GET /api/v1/device/assignment: the release a
-// device should run. It is a pointer, not a proof: the device installs it
-// only after the release repository's signed metadata vouches for it.
-type Assignment struct {
-	RolloutID  string `json:"rollout_id"`
-	ReleaseID  string `json:"release_id"`
-	TargetPath string `json:"target_path"`
-	Version    string `json:"version"`
+// SignedAtField is a field of the signed part of the fleet server's TUF
+// timestamp metadata: the time (RFC 3339, UTC) the server signed it. A
+// device keeps the newest one it verified as a floor for its clock, so a
+// clock set back never makes expired metadata look fresh.
+const SignedAtField = "x-aftercare-signed-at"
+
+// AssignmentPath is the target path of a device's assignment in the
+// rollout repository. The succinct hash-bin delegation puts it in the bin
+// of sha256(path), which the device computes itself.
+func AssignmentPath(deviceID string) string { return "devices/" + deviceID }
+
+// AssignmentCustom is the custom field of a device's entry in the rollout
+// repository. The entry's length and hashes are those of the release image;
+// the device installs it only when the release repository signs the same
+// length and hashes for Target.
+type AssignmentCustom struct {
+	Target    string `json:"target"`     // release repository target path
+	RolloutID string `json:"rollout_id"` // the rollout that assigned it
+}
+
+// Validate reports every invalid field at once.
+func (a *AssignmentCustom) Validate() error {
+	var errs []error
+	if a.Target == "" || len(a.Target) > 256 {
+		errs = append(errs, fmt.Errorf("assignment target %q must be 1-256 characters", a.Target))
+	}
+	if !ValidID(a.RolloutID) {
+		errs = append(errs, fmt.Errorf("assignment rollout_id %q is not a valid ID", a.RolloutID))
+	}
+	return errors.Join(errs...)
+}
+
+// ParseAssignmentCustom decodes and validates the custom field of a
+// rollout repository entry.
+func ParseAssignmentCustom(b []byte) (*AssignmentCustom, error) {
+	var a AssignmentCustom
+	if err := Decode(b, &a); err != nil {
+		return nil, err
+	}
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	return &a, nil
 }
 
 // Decode parses one JSON value of at most MaxPayloadBytes into v, rejecting

@@ -84,13 +84,15 @@ func GenerateKey(alg Algorithm, passphrase []byte) (privPEM, pubPEM []byte, err 
 // environment variable, never from a command-line flag.
 type PassFunc func() ([]byte, error)
 
-// LoadSigner loads the signing key named by ref. A ref is a file path,
+// LoadSigner loads the signing key file named by ref: a file path,
 // optionally written "file://path". Encrypted key files are decrypted with
-// the passphrase from pass; pass may be nil when no key is encrypted.
+// the passphrase from pass; pass may be nil when no key is encrypted. Keys
+// in a KMS are loaded by package signing/kms, which programs that sign
+// (the aftercare CLI and server) use.
 func LoadSigner(_ context.Context, ref string, pass PassFunc) (signature.Signer, error) {
 	path, ok := strings.CutPrefix(ref, "file://")
 	if !ok && strings.Contains(ref, "://") {
-		return nil, fmt.Errorf("key reference %q: only file paths and file:// are supported", ref)
+		return nil, fmt.Errorf("key reference %q: this program loads only key files (a path or file://path); KMS keys are loaded by the aftercare CLI and server", ref)
 	}
 	b, err := readBounded(path)
 	if err != nil {

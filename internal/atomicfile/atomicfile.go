@@ -11,7 +11,29 @@ import (
 )
 
 // WriteFile atomically replaces path with data, creating it with perm.
-func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	if err := replace(path, data, perm); err != nil {
+		return err
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
+// WriteFiles atomically replaces each file of dir named in files with its
+// data, then syncs dir once: after it returns every file is durable, and a
+// crash before that leaves each file either old or new. Use it for many
+// files that become visible together only through a later commit point.
+func WriteFiles(dir string, files map[string][]byte, perm os.FileMode) error {
+	for name, data := range files {
+		if err := replace(filepath.Join(dir, name), data, perm); err != nil {
+			return err
+		}
+	}
+	return SyncDir(dir)
+}
+
+// replace writes a temporary file next to path, syncs it and renames it
+// over path, without syncing the directory.
+func replace(path string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -39,7 +61,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename into %s: %w", path, err)
 	}
-	return SyncDir(dir)
+	return nil
 }
 
 // Rename moves an already synced file from oldpath to newpath and makes the

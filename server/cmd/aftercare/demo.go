@@ -95,6 +95,8 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 		"AFTERCARE_RELEASE_ROOT="+filepath.Join(keys, signing.RootFile),
 		"AFTERCARE_SNAPSHOT_KEY="+filepath.Join(keys, signing.SnapshotKeyFile),
 		"AFTERCARE_TIMESTAMP_KEY="+filepath.Join(keys, signing.TimeKeyFile),
+		"AFTERCARE_ROLLOUT_ROOT="+filepath.Join(keys, signing.RolloutRootFile),
+		"AFTERCARE_ROLLOUT_KEY="+filepath.Join(keys, signing.RolloutKeyFile),
 		"AFTERCARE_EMBEDDED_BROKER_LISTEN="+o.BrokerListen,
 		"AFTERCARE_ADMIN_TOKEN="+adminToken)
 	if err != nil {
@@ -116,7 +118,8 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 		return err
 	}
 	sim, err := e.startChild(ctx, "aftercare-sim", filepath.Join(o.Dir, "devices.log"),
-		[]string{"-server", serverURL, "-root", filepath.Join(keys, signing.RootFile), "-dir", filepath.Join(o.Dir, "devices"),
+		[]string{"-server", serverURL, "-root", filepath.Join(keys, signing.RootFile), "-rollout-root", filepath.Join(keys, signing.RolloutRootFile),
+			"-dir", filepath.Join(o.Dir, "devices"),
 			"-devices", devicesFile, "-poll", "30s"})
 	if err != nil {
 		return err
@@ -132,7 +135,7 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 		return err
 	}
 	say("release %s %s published: image signed offline with %s, verified and added to the TUF repository",
-		rel.Product, rel.Version, filepath.Join(keys, signing.TargetsKeyFile))
+		rel.Product, rel.Version, demoTargetsKey(keys))
 	var rollout struct {
 		ID      string   `json:"id"`
 		Devices []string `json:"devices"`
@@ -140,7 +143,7 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 	if err := c.postJSON(ctx, "/api/v1/rollouts", map[string]any{"release_id": rel.ID}, &rollout); err != nil {
 		return err
 	}
-	say("rollout %s: %d devices assigned, hinted over MQTT", rollout.ID, len(rollout.Devices))
+	say("rollout %s: %d devices assigned in the rollout repository (signed online, one hash bin per device group), hinted over MQTT", rollout.ID, len(rollout.Devices))
 
 	if err := e.watchRollout(ctx, c, len(devices), o.Failing, say); err != nil {
 		return err
@@ -342,13 +345,18 @@ func (e *env) demoRelease(ctx context.Context, c *client, dir, keys string) (rel
 	if err != nil {
 		return release{}, err
 	}
-	signed, _, err := e.sign(ctx, signOptions{Bundle: bundle, Key: filepath.Join(keys, signing.TargetsKeyFile), Expires: 365 * 24 * time.Hour}, current)
+	signed, _, err := e.sign(ctx, signOptions{Bundle: bundle, Key: demoTargetsKey(keys), Expires: 365 * 24 * time.Hour}, current)
 	if err != nil {
 		return release{}, err
 	}
 	var rel release
 	err = c.uploadRelease(ctx, bundle, signed, &rel)
 	return rel, err
+}
+
+// demoTargetsKey is the release key `keys init` makes without named holders.
+func demoTargetsKey(keys string) string {
+	return filepath.Join(keys, signing.OfflineKeyFile("targets", signing.DefaultTargetsHolder))
 }
 
 // demoImage is compressible filler shaped like firmware: runs of zeros,

@@ -7,94 +7,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/signing"
 )
 
-// keyPassphraseEnv names the environment variable with the passphrase of
-// encrypted offline keys.
-const keyPassphraseEnv = "AFTERCARE_KEY_PASSPHRASE"
-
-// passphrase returns a PassFunc: the environment variable if set, else a
-// terminal prompt. A passphrase is never taken from a flag.
-func (e *env) passphrase(prompt string) signing.PassFunc {
-	return func() ([]byte, error) {
-		if v := e.getenv(keyPassphraseEnv); v != "" {
-			return []byte(v), nil
-		}
-		if !term.IsTerminal(int(os.Stdin.Fd())) {
-			return nil, fmt.Errorf("%w: set %s or run on a terminal", signing.ErrPassphraseRequired, keyPassphraseEnv)
-		}
-		fmt.Fprint(e.stderr, prompt)
-		b, err := term.ReadPassword(int(os.Stdin.Fd()))
-		fmt.Fprintln(e.stderr)
-		return b, err
-	}
-}
-
-func keysCmd(e *env) *cobra.Command {
-	cmd := &cobra.Command{Use: "keys", Short: "Create and manage the release repository's keys"}
-	var dir, alg string
-	var encrypt bool
-	initCmd := &cobra.Command{
-		Use:   "init",
-		Short: "Create root, targets, snapshot and timestamp keys and the first signed root and targets metadata",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var pass []byte
-			if encrypt {
-				p, err := e.passphrase("passphrase for the offline keys: ")()
-				if err != nil {
-					return err
-				}
-				if len(p) < 12 {
-					return errors.New("the passphrase must be at least 12 characters")
-				}
-				pass = p
-			}
-			res, err := signing.InitRepository(cmd.Context(), signing.InitOptions{Dir: dir, Algorithm: signing.Algorithm(alg), Passphrase: pass})
-			if err != nil {
-				return err
-			}
-			w := e.stdout
-			fmt.Fprintf(w, "Release repository keys created in %s.\n\n", dir)
-			fmt.Fprintln(w, "Keep OFFLINE (an air-gapped machine or hardware token; never on the server):")
-			for _, p := range res.Offline {
-				fmt.Fprintln(w, "  ", p)
-			}
-			fmt.Fprintln(w, "\nGive to the fleet server (release_root, snapshot_key, timestamp_key):")
-			for _, p := range res.Server {
-				fmt.Fprintln(w, "  ", p)
-			}
-			fmt.Fprintln(w, "\nBuild into every device image as its trusted root (trusted_root):")
-			for _, p := range res.Devices {
-				fmt.Fprintln(w, "  ", p)
-			}
-			if pass == nil {
-				fmt.Fprintln(w, "\nThe offline keys are NOT encrypted; use --encrypt for anything but tests and demos.")
-			}
-			return nil
-		},
-	}
-	initCmd.Flags().StringVar(&dir, "dir", "aftercare-keys", "directory for the keys and metadata")
-	initCmd.Flags().StringVar(&alg, "algorithm", string(signing.Ed25519), "key algorithm: ed25519 or ecdsa-p256")
-	initCmd.Flags().BoolVar(&encrypt, "encrypt", false, "encrypt the offline keys with a passphrase (from "+keyPassphraseEnv+" or a prompt)")
-	cmd.AddCommand(initCmd)
-	return cmd
-}
-
 func releaseCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "release", Short: "Build, sign, upload and list releases"}
-	cmd.AddCommand(releaseBuildCmd(e), releaseSignCmd(e), releaseUploadCmd(e), releasePublishCmd(e), releaseListCmd(e))
+	cmd.AddCommand(releaseBuildCmd(e), releaseSignCmd(e), releaseApproveCmd(e), releaseStatusCmd(e), releaseAllowRollbackCmd(e),
+		releaseResignCmd(e), releaseUploadCmd(e), releasePublishCmd(e), releaseListCmd(e))
 	return cmd
 }
 
@@ -216,8 +147,9 @@ func readBundleManifest(path string) (*firmware.Manifest, error) {
 
 // signOptions are the inputs of an offline signature.
 type signOptions struct {
-	Bundle, Key, Targets, Output string
-	Expires                      time.Duration
+	Bundle, Key, Targets, Output, Root string
+	AllowRollback                      bool
+	Expires                            time.Duration
 }
 
 func (e *env) sign(ctx context.Context, o signOptions, current []byte) ([]byte, *firmware.Manifest, error) {
@@ -225,11 +157,12 @@ func (e *env) sign(ctx context.Context, o signOptions, current []byte) ([]byte, 
 	if err != nil {
 		return nil, nil, err
 	}
-	signer, err := signing.LoadSigner(ctx, o.Key, e.passphrase("passphrase for "+o.Key+": "))
+	signer, err := e.loadKey(ctx, o.Key)
 	if err != nil {
 		return nil, nil, err
 	}
-	signed, err := signing.SignRelease(signing.SignReleaseOptions{Current: current, Manifest: m, Signer: signer, Expires: time.Now().Add(o.Expires)})
+	signed, err := signing.SignRelease(signing.SignReleaseOptions{Current: current, Manifest: m, AllowRollback: o.AllowRollback,
+		Signer: signer, Expires: time.Now().Add(o.Expires)})
 	return signed, m, err
 }
 
@@ -240,8 +173,13 @@ func releaseSignCmd(e *env) *cobra.Command {
 		Short: "Sign a bundle's release into the next targets metadata (offline; no network needed)",
 		Long: `Reads the bundle's manifest and the repository's current targets metadata
 (from the server's GET /api/v1/repository/targets, carried to this machine),
-adds the release, increments the version and signs with the targets key.
-Carry the output back and upload it with the bundle.`,
+adds the release, increments the version and signs with your release key.
+When the release keys have a threshold above one, the other holders add
+their approval with 'aftercare release approve'. Carry the result back and
+upload it with the bundle.
+
+--allow-rollback signs the release as one devices running a newer version
+may go back to.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			current, err := os.ReadFile(o.Targets)
@@ -256,38 +194,262 @@ Carry the output back and upload it with the bundle.`,
 				return err
 			}
 			fmt.Fprintf(e.stdout, "signed %s into %s\n", m.TargetPath(), o.Output)
-			return nil
+			return e.printTargetsStatus(o.Root, signed)
 		},
 	}
 	signFlags(cmd, &o)
 	cmd.Flags().StringVar(&o.Targets, "targets", "", "current targets metadata (required)")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", "targets.json", "signed targets metadata to write")
+	cmd.Flags().StringVar(&o.Root, "root", "", "the release repository's root, to show who has signed and who is missing")
 	return cmd
 }
 
 func signFlags(cmd *cobra.Command, o *signOptions) {
 	cmd.Flags().StringVar(&o.Bundle, "bundle", "", "release bundle (required)")
-	cmd.Flags().StringVar(&o.Key, "key", "", "targets signing key: file path (required)")
+	cmd.Flags().StringVar(&o.Key, "key", "", "your release (targets) key: file or KMS URI (required)")
 	cmd.Flags().DurationVar(&o.Expires, "expires", 365*24*time.Hour, "validity of the new targets metadata")
+	cmd.Flags().BoolVar(&o.AllowRollback, "allow-rollback", false, "let devices that run a newer version install this release")
 }
 
-func releaseUploadCmd(e *env) *cobra.Command {
-	var bundle, targets string
+// printTargetsStatus prints who signed targets metadata, when the root is
+// at hand.
+func (e *env) printTargetsStatus(rootPath string, signed []byte) error {
+	if rootPath == "" {
+		fmt.Fprintln(e.stdout, "(give --root to see who has signed and who is still missing)")
+		return nil
+	}
+	root, err := os.ReadFile(rootPath)
+	if err != nil {
+		return fmt.Errorf("--root: %w", err)
+	}
+	st, err := signing.TargetsStatus(root, signed)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, "  "+st.String())
+	if st.Met() {
+		fmt.Fprintln(e.stdout, "ready to upload")
+	} else {
+		fmt.Fprintln(e.stdout, "not ready: the missing holders approve it with `aftercare release approve`")
+	}
+	return nil
+}
+
+// describeTargets lists what targets metadata would publish, for the
+// person about to approve it.
+func describeTargets(w io.Writer, signed []byte) error {
+	t, err := new(metadata.Metadata[metadata.TargetsType]).FromBytes(signed)
+	if err != nil {
+		return fmt.Errorf("parse targets metadata: %w", err)
+	}
+	fmt.Fprintf(w, "targets metadata version %d, expires %s, %d releases:\n", t.Signed.Version, t.Signed.Expires.Format(time.RFC3339), len(t.Signed.Targets))
+	paths := make([]string, 0, len(t.Signed.Targets))
+	for p := range t.Signed.Targets {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  TARGET\tVERSION\tMODELS\tBYTES\tSHA256\tROLLBACK")
+	for _, p := range paths {
+		tf := t.Signed.Targets[p]
+		custom, err := firmware.ParseTargetCustom(tf.Custom)
+		if err != nil {
+			fmt.Fprintf(tw, "  %s\t?\t?\t%d\t%x\t(no valid manifest: %v)\n", p, tf.Length, []byte(tf.Hashes["sha256"]), err)
+			continue
+		}
+		m := custom.Manifest
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%x\t%t\n", p, m.Version, strings.Join(m.Models, ","), tf.Length, []byte(tf.Hashes["sha256"]), custom.AllowRollback)
+	}
+	return tw.Flush()
+}
+
+func releaseApproveCmd(e *env) *cobra.Command {
+	var targets, key, root string
 	cmd := &cobra.Command{
-		Use:   "upload",
-		Short: "Upload a bundle with the signed targets metadata that lists it",
+		Use:   "approve",
+		Short: "Add your release key's signature to signed targets metadata (offline) and show who is missing",
+		Long: `The second (third, ...) person's approval of a release: prints what the
+targets metadata publishes, adds your signature without changing anything
+else, and shows who has signed and who is still missing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			signed, err := os.ReadFile(targets)
+			if err != nil {
+				return fmt.Errorf("--targets: %w", err)
+			}
+			if err := describeTargets(e.stdout, signed); err != nil {
+				return err
+			}
+			s, err := e.loadKey(cmd.Context(), key)
+			if err != nil {
+				return err
+			}
+			approved, err := signing.Approve(signed, s)
+			if err != nil {
+				return err
+			}
+			if err := replaceFile(targets, approved); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "approved %s\n", targets)
+			return e.printTargetsStatus(root, approved)
+		},
+	}
+	cmd.Flags().StringVar(&targets, "targets", "", "signed targets metadata, updated in place (required)")
+	cmd.Flags().StringVar(&key, "key", "", "your release (targets) key: file or KMS URI (required)")
+	cmd.Flags().StringVar(&root, "root", "", "the release repository's root, to show who has signed and who is missing")
+	cmd.MarkFlagRequired("targets")
+	cmd.MarkFlagRequired("key")
+	return cmd
+}
+
+func releaseStatusCmd(e *env) *cobra.Command {
+	var targets, root string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what signed targets metadata publishes, who has signed it and who is missing",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			signed, err := os.ReadFile(targets)
 			if err != nil {
 				return fmt.Errorf("--targets: %w", err)
 			}
+			if err := describeTargets(e.stdout, signed); err != nil {
+				return err
+			}
+			return e.printTargetsStatus(root, signed)
+		},
+	}
+	cmd.Flags().StringVar(&targets, "targets", "", "signed targets metadata (required)")
+	cmd.Flags().StringVar(&root, "root", "", "the release repository's root (required)")
+	cmd.MarkFlagRequired("targets")
+	cmd.MarkFlagRequired("root")
+	return cmd
+}
+
+func releaseAllowRollbackCmd(e *env) *cobra.Command {
+	var o signOptions
+	var target string
+	var clear bool
+	cmd := &cobra.Command{
+		Use:   "allow-rollback",
+		Short: "Sign (offline) that devices may go back to an already published release",
+		Long: `Writes the next targets metadata with the rollback flag of one published
+release set (or cleared with --clear). Devices refuse any release older than
+what they run unless the release keys signed this flag for it. Approve it
+like a release, then upload it with 'aftercare release upload --targets'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			current, err := os.ReadFile(o.Targets)
+			if err != nil {
+				return fmt.Errorf("--targets: %w", err)
+			}
+			s, err := e.loadKey(cmd.Context(), o.Key)
+			if err != nil {
+				return err
+			}
+			signed, err := signing.SetRollback(signing.SetRollbackOptions{Current: current, Target: target, AllowRollback: !clear, Signer: s, Expires: time.Now().Add(o.Expires)})
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(o.Output, signed, 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "signed allow_rollback=%t for %s into %s\n", !clear, target, o.Output)
+			return e.printTargetsStatus(o.Root, signed)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&target, "target", "", "target path of the published release, e.g. infusion-pump/1.0.0/image.img.zst (required)")
+	f.BoolVar(&clear, "clear", false, "clear the flag instead of setting it")
+	targetsFlags(cmd, &o)
+	cmd.MarkFlagRequired("target")
+	return cmd
+}
+
+func releaseResignCmd(e *env) *cobra.Command {
+	var o signOptions
+	cmd := &cobra.Command{
+		Use:   "resign",
+		Short: "Sign the current targets again (offline): to extend their expiry, or with new release keys after a rotation",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			current, err := os.ReadFile(o.Targets)
+			if err != nil {
+				return fmt.Errorf("--targets: %w", err)
+			}
+			s, err := e.loadKey(cmd.Context(), o.Key)
+			if err != nil {
+				return err
+			}
+			signed, err := signing.Resign(current, s, time.Now().Add(o.Expires))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(o.Output, signed, 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "signed the next targets version into %s\n", o.Output)
+			return e.printTargetsStatus(o.Root, signed)
+		},
+	}
+	targetsFlags(cmd, &o)
+	return cmd
+}
+
+// targetsFlags are the flags of commands that sign the next targets
+// version without a bundle.
+func targetsFlags(cmd *cobra.Command, o *signOptions) {
+	f := cmd.Flags()
+	f.StringVar(&o.Targets, "targets", "", "current targets metadata (required)")
+	f.StringVar(&o.Key, "key", "", "your release (targets) key: file or KMS URI (required)")
+	f.StringVarP(&o.Output, "output", "o", "targets.json", "signed targets metadata to write")
+	f.StringVar(&o.Root, "root", "", "the release repository's root, to show who has signed and who is missing")
+	f.DurationVar(&o.Expires, "expires", 365*24*time.Hour, "validity of the new targets metadata")
+	cmd.MarkFlagRequired("targets")
+	cmd.MarkFlagRequired("key")
+}
+
+func releaseUploadCmd(e *env) *cobra.Command {
+	var bundle, targets string
+	cmd := &cobra.Command{
+		Use:   "upload",
+		Short: "Upload signed targets metadata, with the bundle it adds (or alone: a rollback flag, a re-sign)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			signed, err := os.ReadFile(targets)
+			if err != nil {
+				return fmt.Errorf("--targets: %w", err)
+			}
+			if bundle == "" {
+				return e.uploadTargets(cmd.Context(), signed)
+			}
 			return e.upload(cmd.Context(), bundle, signed)
 		},
 	}
-	cmd.Flags().StringVar(&bundle, "bundle", "", "release bundle (required)")
+	cmd.Flags().StringVar(&bundle, "bundle", "", "release bundle the targets metadata adds")
 	cmd.Flags().StringVar(&targets, "targets", "", "signed targets metadata from `aftercare release sign` (required)")
+	cmd.MarkFlagRequired("targets")
 	return cmd
+}
+
+func (e *env) uploadTargets(ctx context.Context, signed []byte) error {
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var raw []byte
+	if err := c.do(ctx, http.MethodPost, "/api/v1/repository/targets", "application/json", bytes.NewReader(signed), &raw); err != nil {
+		return err
+	}
+	var out struct {
+		Signed struct {
+			Version int `json:"version"`
+		} `json:"signed"`
+	}
+	return e.show(raw, &out, func(w io.Writer) {
+		fmt.Fprintf(w, "published targets metadata version %d\n", out.Signed.Version)
+	})
 }
 
 // release is the part of a release the CLI prints.

@@ -1,13 +1,16 @@
 // Package api is the fleet server's HTTP edge: the JSON API for people and
-// devices, and the TUF release repository as static files. It is the only
+// devices, and the two TUF repositories (release and rollout) as static
+// files. It is the only
 // package that knows Echo; handlers decode requests, call the domain
 // packages, and leave every error to one handler that maps it to a status.
 //
 // Authentication:
 //   - people and tools: "Authorization: Bearer <admin token>";
-//   - devices: "Authorization: Bearer <device credential>" from enrollment;
+//   - devices: their credential from enrollment authenticates them to the
+//     broker; over HTTP they only enroll and read the repositories;
 //   - POST /api/v1/enroll takes a one-time enrollment token in its body;
-//   - /tuf/ is public: its files are signed, and a device checks them.
+//   - /tuf/ is public: its files are signed, and a device checks them. A
+//     device learns its assignment from /tuf/rollout/, not from the API.
 package api
 
 import (
@@ -34,7 +37,9 @@ type Options struct {
 	Fleet          *fleet.Service   // required
 	Releases       *release.Service // required
 	Repo           *tufrepo.Repo    // required
+	Rollout        *tufrepo.Rollout // required
 	RepoDir        string           // served at /tuf/release/; required
+	RolloutDir     string           // served at /tuf/rollout/; required
 	AdminToken     string           // required
 	MaxBundleBytes int64            // largest accepted release bundle
 	Log            *slog.Logger     // required
@@ -45,8 +50,8 @@ const maxJSONBytes = 64 << 10 // 64 KiB
 
 // New returns the server's HTTP handler.
 func New(opts Options) (http.Handler, error) {
-	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.RepoDir == "" || opts.AdminToken == "" || opts.Log == nil {
-		return nil, errors.New("api: Fleet, Releases, Repo, RepoDir, AdminToken and Log are required")
+	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.Rollout == nil || opts.RepoDir == "" || opts.RolloutDir == "" || opts.AdminToken == "" || opts.Log == nil {
+		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, AdminToken and Log are required")
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -57,12 +62,11 @@ func New(opts Options) (http.Handler, error) {
 
 	h := &handlers{opts: opts}
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
-	e.GET("/tuf/release/*", h.repoFile)
+	e.GET("/tuf/release/*", h.repoFile(opts.RepoDir))
+	e.GET("/tuf/rollout/*", h.repoFile(opts.RolloutDir))
 
 	v1 := e.Group("/api/v1")
 	v1.POST("/enroll", h.enroll)
-	dev := v1.Group("/device", h.deviceAuth)
-	dev.GET("/assignment", h.assignment)
 
 	admin := v1.Group("", h.adminAuth)
 	admin.GET("/sites", h.listSites)
@@ -76,6 +80,9 @@ func New(opts Options) (http.Handler, error) {
 	admin.POST("/releases", h.uploadRelease)
 	admin.GET("/releases/:id", h.getRelease)
 	admin.GET("/repository/targets", h.currentTargets)
+	admin.POST("/repository/targets", h.publishTargets)
+	admin.GET("/repository/:repo/root", h.currentRoot)
+	admin.POST("/repository/:repo/root", h.updateRoot)
 	admin.POST("/rollouts", h.createRollout)
 	return e, nil
 }
@@ -97,19 +104,6 @@ func (h *handlers) adminAuth(next echo.HandlerFunc) echo.HandlerFunc {
 		if subtle.ConstantTimeCompare([]byte(bearer(c)), []byte(h.opts.AdminToken)) != 1 {
 			return fmt.Errorf("a valid admin bearer token is required: %w", problem.ErrUnauthorized)
 		}
-		return next(c)
-	}
-}
-
-const deviceKey = "aftercare.device"
-
-func (h *handlers) deviceAuth(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		d, err := h.opts.Fleet.AuthenticateDevice(c.Request().Context(), bearer(c))
-		if err != nil {
-			return err
-		}
-		c.Set(deviceKey, d.ID)
 		return next(c)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime/multipart"
@@ -38,6 +39,26 @@ type stack struct {
 	keysDir  string
 	targets  signature.Signer
 	snapshot signature.Signer
+	rootKey  signature.Signer
+	// rolloutDir holds the rollout repository.
+	rolloutDir string
+}
+
+// storeSource reads assignments for the rollout repository from the store,
+// as the server does.
+type storeSource struct{ st *store.Store }
+
+func (s storeSource) AssignedDevices(ctx context.Context) ([]string, error) {
+	return s.st.AssignedDevices(ctx)
+}
+
+func (s storeSource) Assignments(ctx context.Context, ids []string) ([]tufrepo.Assignment, error) {
+	rows, err := s.st.AssignmentsOf(ctx, ids)
+	var out []tufrepo.Assignment
+	for _, r := range rows {
+		out = append(out, tufrepo.Assignment{DeviceID: r.DeviceID, RolloutID: r.RolloutID, TargetPath: r.TargetPath})
+	}
+	return out, err
 }
 
 func newStack(t *testing.T) *stack {
@@ -54,15 +75,12 @@ func newStack(t *testing.T) *stack {
 		}
 		return s
 	}
-	st.targets, st.snapshot = load(signing.TargetsKeyFile), load(signing.SnapshotKeyFile)
+	st.targets, st.snapshot = load(signing.OfflineKeyFile("targets", signing.DefaultTargetsHolder)), load(signing.SnapshotKeyFile)
+	st.rootKey = load(signing.OfflineKeyFile("root", signing.DefaultRootHolder))
 	log := slog.New(slog.DiscardHandler)
 	st.repoDir = filepath.Join(st.dataDir, "repo")
-	opts := tufrepo.Options{Dir: st.repoDir, SnapshotSigner: st.snapshot, TimestampSigner: load(signing.TimeKeyFile), Log: log}
 	root, _ := os.ReadFile(filepath.Join(st.keysDir, signing.RootFile))
-	if err := tufrepo.Init(opts, root); err != nil {
-		t.Fatal(err)
-	}
-	repo, err := tufrepo.Open(opts)
+	repo, err := tufrepo.Open(tufrepo.Options{Dir: st.repoDir, SnapshotSigner: st.snapshot, TimestampSigner: load(signing.TimeKeyFile), Log: log}, root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,11 +89,19 @@ func newStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := fleet.New(fleet.Options{Store: st.store, Log: log})
+	st.rolloutDir = filepath.Join(st.dataDir, "rollout")
+	rolloutRoot, _ := os.ReadFile(filepath.Join(st.keysDir, signing.RolloutRootFile))
+	rollout, err := tufrepo.OpenRollout(tufrepo.RolloutOptions{Dir: st.rolloutDir, Signer: load(signing.RolloutKeyFile), Release: repo,
+		Source: storeSource{st.store}, BinBits: 2, Log: log}, rolloutRoot)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, RepoDir: st.repoDir, AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log})
+	fl, err := fleet.New(fleet.Options{Store: st.store, Log: log, Publisher: rollout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
+		AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +253,7 @@ func TestBadReleaseUploadsChangeNothing(t *testing.T) {
 		{"signed-by-stranger", func(*stack) []byte { return good }, func(st *stack) []byte {
 			dir := t.TempDir()
 			signing.InitRepository(context.Background(), signing.InitOptions{Dir: dir})
-			s, _ := signing.LoadSigner(context.Background(), filepath.Join(dir, signing.TargetsKeyFile), nil)
+			s, _ := signing.LoadSigner(context.Background(), filepath.Join(dir, signing.OfflineKeyFile("targets", signing.DefaultTargetsHolder)), nil)
 			return st.sign(t, m, s)
 		}, 400, "not signed to threshold"},
 		{"bundle-swapped-after-signing", func(*stack) []byte { return other },
@@ -277,9 +303,6 @@ func TestEnrollmentAndSites(t *testing.T) {
 	if code := st.postJSON(t, "/api/v1/enroll", "", enroll, &dev); code != 201 || dev.DeviceToken == "" {
 		t.Fatalf("enroll = %d %+v", code, dev)
 	}
-	if code := st.call(t, http.MethodGet, "/api/v1/device/assignment", dev.DeviceToken, "", nil, nil); code != http.StatusNoContent {
-		t.Fatalf("assignment before any rollout = %d, want 204", code)
-	}
 	countDevices := func() int {
 		d, _ := st.store.Devices(context.Background(), store.DeviceFilter{})
 		return len(d)
@@ -303,7 +326,10 @@ func TestEnrollmentAndSites(t *testing.T) {
 		{"rollout-of-unknown-release", "POST", "/api/v1/rollouts", adminToken, map[string]string{"release_id": "nope"}, 400},
 		{"no-admin-token", "GET", "/api/v1/sites", "", nil, 401},
 		{"device-token-is-not-admin", "GET", "/api/v1/sites", dev.DeviceToken, nil, 401},
-		{"admin-token-is-not-a-device", "GET", "/api/v1/device/assignment", adminToken, nil, 401},
+		// Devices learn their assignment from the rollout repository
+		// only; the old endpoint is gone (the admin group answers 401
+		// before routing an unknown path).
+		{"no-assignment-endpoint", "GET", "/api/v1/device/assignment", dev.DeviceToken, nil, 401},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -325,5 +351,116 @@ func TestEnrollmentAndSites(t *testing.T) {
 	sites, _ := st.store.Sites(context.Background())
 	if len(sites) != 1 {
 		t.Fatalf("%d sites after refused requests, want 1", len(sites))
+	}
+}
+
+func TestRepositoryMaintenanceEndpoints(t *testing.T) {
+	st := newStack(t)
+	b, m := bundle(t, "1.1.0")
+	if code := st.upload(t, b, st.sign(t, m, st.targets), nil); code != http.StatusCreated {
+		t.Fatalf("upload = %d", code)
+	}
+	var root struct {
+		Signed struct {
+			Version int `json:"version"`
+		} `json:"signed"`
+	}
+	for _, repo := range []string{"release", "rollout"} {
+		if code := st.call(t, http.MethodGet, "/api/v1/repository/"+repo+"/root", adminToken, "", nil, &root); code != 200 || root.Signed.Version != 1 {
+			t.Fatalf("GET %s root = %d v%d, want 200 v1", repo, code, root.Signed.Version)
+		}
+	}
+	cur, _ := os.ReadFile(filepath.Join(st.keysDir, signing.RootFile))
+	tests := []struct {
+		name, path string
+		body       string
+		wantCode   int
+	}{
+		{"unknown-repository", "/api/v1/repository/mirror/root", `{"root":{}}`, 404},
+		{"not-json", "/api/v1/repository/release/root", `{nope`, 400},
+		{"no-root", "/api/v1/repository/release/root", `{}`, 400},
+		{"same-version", "/api/v1/repository/release/root", `{"root":` + string(cur) + `}`, 409},
+		{"rollout-with-targets", "/api/v1/repository/rollout/root", `{"root":` + string(cur) + `,"targets":{}}`, 400},
+		{"targets-not-signed", "/api/v1/repository/targets", `{"signed":{"_type":"targets","version":3}}`, 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if code := st.call(t, http.MethodPost, tt.path, adminToken, "application/json", strings.NewReader(tt.body), nil); code != tt.wantCode {
+				t.Fatalf("POST %s = %d, want %d", tt.path, code, tt.wantCode)
+			}
+			if _, err := os.Stat(filepath.Join(st.repoDir, "metadata", "2.root.json")); err == nil {
+				t.Fatal("a refused request wrote a new root")
+			}
+		})
+	}
+	// The rollback flag is signed offline and published without a bundle.
+	var current json.RawMessage
+	if code := st.call(t, http.MethodGet, "/api/v1/repository/targets", adminToken, "", nil, &current); code != 200 {
+		t.Fatalf("GET current targets = %d", code)
+	}
+	flagged, err := signing.SetRollback(signing.SetRollbackOptions{Current: current, Target: m.TargetPath(), AllowRollback: true, Signer: st.targets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byServer, _ := signing.SetRollback(signing.SetRollbackOptions{Current: current, Target: m.TargetPath(), AllowRollback: true, Signer: st.snapshot})
+	if code := st.call(t, http.MethodPost, "/api/v1/repository/targets", adminToken, "application/json", bytes.NewReader(byServer), nil); code != 400 {
+		t.Fatalf("POST targets signed by the server's key = %d, want 400", code)
+	}
+	if code := st.call(t, http.MethodPost, "/api/v1/repository/targets", adminToken, "application/json", bytes.NewReader(flagged), nil); code != 200 {
+		t.Fatalf("POST targets with the rollback flag = %d, want 200", code)
+	}
+	if code := st.call(t, http.MethodGet, "/tuf/release/metadata/3.targets.json", "", "", nil, nil); code != 200 {
+		t.Fatalf("the flagged targets are not served: %d", code)
+	}
+}
+
+func TestRolloutIsPublishedToTheRolloutRepository(t *testing.T) {
+	st := newStack(t)
+	var site struct{ ID string }
+	st.postJSON(t, "/api/v1/sites", adminToken, map[string]string{"name": "St. Mary Radiology"}, &site)
+	var toks struct{ Tokens []string }
+	st.postJSON(t, "/api/v1/sites/"+site.ID+"/enrollment-tokens", adminToken, map[string]int{"count": 1}, &toks)
+	var dev struct {
+		DeviceID string `json:"device_id"`
+	}
+	st.postJSON(t, "/api/v1/enroll", "", map[string]string{"token": toks.Tokens[0], "model": "pump-x1", "installed_version": "1.0.0"}, &dev)
+	b, m := bundle(t, "1.1.0")
+	var rel struct{ ID string }
+	st.upload(t, b, st.sign(t, m, st.targets), &rel)
+	if code := st.postJSON(t, "/api/v1/rollouts", adminToken, map[string]string{"release_id": rel.ID}, nil); code != 201 {
+		t.Fatalf("create rollout = %d", code)
+	}
+	var ts struct {
+		Signed struct {
+			Meta map[string]struct{ Version int } `json:"meta"`
+		} `json:"signed"`
+	}
+	if code := st.call(t, http.MethodGet, "/tuf/rollout/metadata/timestamp.json", "", "", nil, &ts); code != 200 {
+		t.Fatalf("GET rollout timestamp = %d", code)
+	}
+	var snap struct {
+		Signed struct {
+			Meta map[string]struct{ Version int } `json:"meta"`
+		} `json:"signed"`
+	}
+	v := ts.Signed.Meta["snapshot.json"].Version
+	st.call(t, http.MethodGet, fmt.Sprintf("/tuf/rollout/metadata/%d.snapshot.json", v), "", "", nil, &snap)
+	found := false
+	for name, mf := range snap.Signed.Meta {
+		if !strings.HasPrefix(name, "bins-") {
+			continue
+		}
+		var bin struct {
+			Signed struct {
+				Targets map[string]json.RawMessage `json:"targets"`
+			} `json:"signed"`
+		}
+		st.call(t, http.MethodGet, fmt.Sprintf("/tuf/rollout/metadata/%d.%s", mf.Version, name), "", "", nil, &bin)
+		if _, ok := bin.Signed.Targets["devices/"+dev.DeviceID]; ok {
+			found = true
+		}
+	}
+	if len(snap.Signed.Meta) != 5 || !found {
+		t.Fatalf("rollout snapshot lists %v and the device's entry found=%v; want targets, 4 bins and the entry", snap.Signed.Meta, found)
 	}
 }

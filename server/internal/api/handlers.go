@@ -34,20 +34,21 @@ func decodeStrict(b []byte, v any) error {
 	return nil
 }
 
-// repoFile serves the release repository's static files. Metadata other
+// repoFile serves a repository's static files from dir. Metadata other
 // than the timestamp and target files are immutable (their names carry a
 // version or a digest), so they may be cached by any CDN.
-func (h *handlers) repoFile(c echo.Context) error {
-	rel := c.Param("*")
-	clean := path.Clean("/" + rel)
-	if clean != "/"+rel || strings.Contains(rel, "\\") || (!strings.HasPrefix(clean, "/metadata/") && !strings.HasPrefix(clean, "/targets/")) {
-		return fmt.Errorf("repository file %q: %w", rel, problem.ErrNotFound)
+func (h *handlers) repoFile(dir string) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		rel := c.Param("*")
+		clean := path.Clean("/" + rel)
+		if clean != "/"+rel || strings.Contains(rel, "\\") || (!strings.HasPrefix(clean, "/metadata/") && !strings.HasPrefix(clean, "/targets/")) {
+			return fmt.Errorf("repository file %q: %w", rel, problem.ErrNotFound)
+		}
+		if strings.HasSuffix(clean, "/timestamp.json") {
+			c.Response().Header().Set("Cache-Control", "no-cache")
+		}
+		return c.File(filepath.Join(dir, filepath.FromSlash(clean)))
 	}
-	if strings.HasSuffix(clean, "/timestamp.json") {
-		c.Response().Header().Set("Cache-Control", "no-cache")
-	}
-	full := filepath.Join(h.opts.RepoDir, filepath.FromSlash(clean))
-	return c.File(full)
 }
 
 type createSiteRequest struct {
@@ -101,17 +102,6 @@ func (h *handlers) enroll(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusCreated, resp)
-}
-
-func (h *handlers) assignment(c echo.Context) error {
-	a, err := h.opts.Fleet.Assignment(c.Request().Context(), c.Get(deviceKey).(string))
-	if err != nil {
-		return err
-	}
-	if a == nil {
-		return c.NoContent(http.StatusNoContent)
-	}
-	return c.JSON(http.StatusOK, a)
 }
 
 func (h *handlers) sitePatchState(c echo.Context) error {
@@ -180,6 +170,98 @@ func (h *handlers) currentTargets(c echo.Context) error {
 		return fmt.Errorf("the repository has no targets metadata yet; sign the first release on the 1.targets.json from `aftercare keys init`: %w", problem.ErrNotFound)
 	}
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+// publishTargets takes signed targets metadata that adds no image, e.g.
+// one that sets a release's rollback flag or extends the expiry.
+func (h *handlers) publishTargets(c echo.Context) error {
+	b, err := readMetadataBody(c)
+	if err != nil {
+		return err
+	}
+	t, err := h.opts.Repo.ParseTargets(b)
+	if err != nil {
+		return err
+	}
+	if err := h.opts.Releases.PublishTargets(c.Request().Context(), t); err != nil {
+		return err
+	}
+	return h.currentTargets(c)
+}
+
+// readMetadataBody reads a JSON request body of at most
+// tufrepo.MaxMetadataBytes.
+func readMetadataBody(c echo.Context) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(c.Request().Body, tufrepo.MaxMetadataBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > tufrepo.MaxMetadataBytes {
+		return nil, problem.Invalid(fmt.Sprintf("request body is larger than %d bytes", tufrepo.MaxMetadataBytes))
+	}
+	return b, nil
+}
+
+// currentRoot returns the newest root of the release or rollout
+// repository, the base of the next rotation.
+func (h *handlers) currentRoot(c echo.Context) error {
+	var b []byte
+	var err error
+	switch c.Param("repo") {
+	case "release":
+		b, err = h.opts.Repo.Root()
+	case "rollout":
+		b, err = h.opts.Rollout.Root()
+	default:
+		return fmt.Errorf("repository %q: it is release or rollout: %w", c.Param("repo"), problem.ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+// updateRootRequest is the body of POST /api/v1/repository/:repo/root.
+type updateRootRequest struct {
+	Root json.RawMessage `json:"root"`
+	// Targets is the current release targets signed again with new
+	// release keys; needed only when the new root changes them.
+	Targets json.RawMessage `json:"targets,omitempty"`
+}
+
+// updateRoot installs the next root of a repository after a rotation.
+func (h *handlers) updateRoot(c echo.Context) error {
+	b, err := readMetadataBody(c)
+	if err != nil {
+		return err
+	}
+	var req updateRootRequest
+	if err := decodeStrict(b, &req); err != nil {
+		return problem.Invalid(err.Error())
+	}
+	if len(req.Root) == 0 {
+		return problem.Invalid("root is required: the new root metadata from `aftercare keys rotate`")
+	}
+	ctx := c.Request().Context()
+	switch c.Param("repo") {
+	case "release":
+		var targets []byte
+		if len(req.Targets) > 0 {
+			targets = req.Targets
+		}
+		err = h.opts.Repo.UpdateRoot(req.Root, targets)
+	case "rollout":
+		if len(req.Targets) > 0 {
+			return problem.Invalid("targets: the rollout repository's targets are signed by the server; send only the root")
+		}
+		err = h.opts.Rollout.UpdateRoot(ctx, req.Root)
+	default:
+		return fmt.Errorf("repository %q: it is release or rollout: %w", c.Param("repo"), problem.ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	return h.currentRoot(c)
 }
 
 // uploadRelease takes a multipart form with two parts, in either order:

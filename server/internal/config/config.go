@@ -58,14 +58,30 @@ type Config struct {
 	// generates one into DataDir/admin-token (mode 0600) at first start.
 	AdminToken Secret `yaml:"admin_token" env:"ADMIN_TOKEN"`
 
-	// ReleaseRoot is the release repository's first root metadata
-	// (1.root.json from `aftercare keys init`); required until the
-	// repository is initialised, ignored after.
+	// ReleaseRoot is the release repository's root metadata: the first
+	// (1.root.json from `aftercare keys init`), required until the
+	// repository is initialised; later, the next version (after a
+	// rotation of the online keys) is installed at start, and an older or
+	// equal one is ignored.
 	ReleaseRoot string `yaml:"release_root" env:"RELEASE_ROOT"`
-	// SnapshotKey and TimestampKey are the online keys (file paths);
-	// required.
+	// SnapshotKey and TimestampKey are the release repository's online
+	// keys: file paths or KMS URIs (awskms://, gcpkms://, azurekms://,
+	// hashivault://); required.
 	SnapshotKey  string `yaml:"snapshot_key" env:"SNAPSHOT_KEY"`
 	TimestampKey string `yaml:"timestamp_key" env:"TIMESTAMP_KEY"`
+	// RolloutRoot is the rollout repository's root metadata
+	// (1.rollout-root.json from `aftercare keys init`), handled like
+	// ReleaseRoot.
+	RolloutRoot string `yaml:"rollout_root" env:"ROLLOUT_ROOT"`
+	// RolloutKey is the online key that signs the rollout repository (a
+	// file path or KMS URI); required.
+	RolloutKey string `yaml:"rollout_key" env:"ROLLOUT_KEY"`
+	// RolloutBinBits splits device assignments into 2^bits hash bins, so
+	// a device downloads its bin only; default 8 (256 bins, a good fit
+	// from a few thousand to some tens of thousands of devices). 0 puts
+	// all assignments into one file. Fixed once the repository is first
+	// published.
+	RolloutBinBits int `yaml:"rollout_bin_bits" env:"ROLLOUT_BIN_BITS"`
 	// TimestampExpiry is how long a signed timestamp is valid; default 24h.
 	TimestampExpiry time.Duration `yaml:"timestamp_expiry" env:"TIMESTAMP_EXPIRY"`
 
@@ -84,6 +100,7 @@ func Default() Config {
 		TopicPrefix:          protocol.DefaultTopicPrefix,
 		ShareGroup:           "aftercare",
 		TimestampExpiry:      24 * time.Hour,
+		RolloutBinBits:       8,
 		MaxBundleBytes:       2 << 30,
 		LogLevel:             "info",
 	}
@@ -180,6 +197,12 @@ func (c Config) Validate() error {
 	}
 	if c.TimestampKey == "" {
 		errs = append(errs, errors.New("timestamp_key is required (the online timestamp key from `aftercare keys init`)"))
+	}
+	if c.RolloutKey == "" {
+		errs = append(errs, errors.New("rollout_key is required (the online rollout key from `aftercare keys init`)"))
+	}
+	if c.RolloutBinBits < 0 || c.RolloutBinBits > 16 {
+		errs = append(errs, fmt.Errorf("rollout_bin_bits %d must be between 0 (one file) and 16 (65536 bins)", c.RolloutBinBits))
 	}
 	if c.TimestampExpiry < time.Hour {
 		errs = append(errs, fmt.Errorf("timestamp_expiry %s must be at least 1h", c.TimestampExpiry))

@@ -15,12 +15,13 @@ func env(m map[string]string) func(string) string {
 func TestDefaultsWithKeys(t *testing.T) {
 	cfg, err := config.Load([]string{"-data-dir", "/var/lib/aftercare"}, env(map[string]string{
 		"AFTERCARE_SNAPSHOT_KEY": "/k/snapshot.key", "AFTERCARE_TIMESTAMP_KEY": "/k/timestamp.key",
+		"AFTERCARE_ROLLOUT_KEY": "awskms:///alias/aftercare-rollout",
 		"AFTERCARE_DATABASE_URL": "postgres://u:hunter2@db/aftercare",
 	}))
 	if err != nil {
 		t.Fatalf("Load() = %v", err)
 	}
-	if cfg.DeviceBrokerURL != "tcp://127.0.0.1:1884" || cfg.PublicURL != "http://127.0.0.1:8080" {
+	if cfg.DeviceBrokerURL != "tcp://127.0.0.1:1884" || cfg.PublicURL != "http://127.0.0.1:8080" || cfg.RolloutBinBits != 8 {
 		t.Fatalf("derived defaults = %+v", cfg)
 	}
 	if printed := fmt.Sprintf("%+v", cfg); strings.Contains(printed, "hunter2") {
@@ -31,8 +32,9 @@ func TestDefaultsWithKeys(t *testing.T) {
 func TestValidateReportsEveryProblem(t *testing.T) {
 	_, err := config.Load([]string{"-listen", "nope"}, env(map[string]string{
 		"AFTERCARE_TOPIC_PREFIX": "a/+/b", "AFTERCARE_DATABASE_URL": "mysql://x", "AFTERCARE_LOG_LEVEL": "loud",
+		"AFTERCARE_ROLLOUT_BIN_BITS": "17",
 	}))
-	for _, want := range []string{"listen", "topic_prefix", "database_url", "snapshot_key", "timestamp_key", "log_level"} {
+	for _, want := range []string{"listen", "topic_prefix", "database_url", "snapshot_key", "timestamp_key", "rollout_key", "rollout_bin_bits", "log_level"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Load() = %v, want it to name %s", err, want)
 		}

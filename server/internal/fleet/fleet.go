@@ -306,16 +306,6 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// Assignment returns what a device should run, or nil when it has no
-// assignment.
-func (s *Service) Assignment(ctx context.Context, deviceID string) (*protocol.Assignment, error) {
-	rolloutID, rel, ok, err := s.opts.Store.Assignment(ctx, deviceID)
-	if err != nil || !ok {
-		return nil, err
-	}
-	return &protocol.Assignment{RolloutID: rolloutID, ReleaseID: rel.ID, TargetPath: rel.TargetPath, Version: rel.Version}, nil
-}
-
 // RecordReport parses and stores a state report a device sent over MQTT.
 // A malformed report is a *problem.InvalidError; a report from a device
 // that is not enrolled wraps problem.ErrNotFound.

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/internal/atomicfile"
@@ -181,6 +182,16 @@ func (s *Service) Publish(ctx context.Context, st *Staged, signedTargets []byte)
 	}
 	s.opts.Log.Info("release published", "release", rel.ID, "product", m.Product, "version", m.Version, "target", rel.TargetPath)
 	return rel, nil
+}
+
+// PublishTargets publishes targets metadata that adds no image, such as
+// one that sets a release's rollback flag or extends the expiry. Every
+// target it lists must be stored already.
+func (s *Service) PublishTargets(ctx context.Context, t *metadata.Metadata[metadata.TargetsType]) error {
+	if err := s.opts.Repo.Publish(t, nil); err != nil {
+		return err
+	}
+	return s.Sync(ctx)
 }
 
 func (s *Service) sbomPath(digest string) string {

@@ -27,14 +27,15 @@ import (
 	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
 	"github.com/aftercare/aftercare/signing"
+	"github.com/aftercare/aftercare/signing/kms"
 )
 
 // OnlineKeyPassphraseEnv names the environment variable holding the
 // passphrase of encrypted online keys.
 const OnlineKeyPassphraseEnv = "AFTERCARE_ONLINE_KEY_PASSPHRASE"
 
-// repoRefreshInterval is how often the server checks whether the snapshot or
-// timestamp needs re-signing.
+// repoRefreshInterval is how often the server checks whether metadata needs
+// re-signing and publishes any assignment a failed publish left out.
 const repoRefreshInterval = 10 * time.Minute
 
 // Server is a running fleet server.
@@ -45,6 +46,7 @@ type Server struct {
 	broker    *broker.Broker // nil with an external broker
 	bridge    *mqttbridge.Bridge
 	repo      *tufrepo.Repo
+	rollout   *tufrepo.Rollout
 	http      *http.Server
 	httpAddr  net.Addr
 	brokerURL string
@@ -85,7 +87,10 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if err := releases.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("sync release catalog: %w", err)
 	}
-	fl, err := fleet.New(fleet.Options{Store: s.store, Log: log, TopicPrefix: cfg.TopicPrefix})
+	if s.rollout, err = openRollout(ctx, cfg, s.store, s.repo, getenv, log); err != nil {
+		return nil, err
+	}
+	fl, err := fleet.New(fleet.Options{Store: s.store, Log: log, TopicPrefix: cfg.TopicPrefix, Publisher: s.rollout})
 	if err != nil {
 		return nil, err
 	}
@@ -93,8 +98,8 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		return nil, err
 	}
 	handler, err := api.New(api.Options{
-		Fleet: fl, Releases: releases, Repo: s.repo,
-		RepoDir: filepath.Join(cfg.DataDir, "repository", "release"), AdminToken: adminToken,
+		Fleet: fl, Releases: releases, Repo: s.repo, Rollout: s.rollout,
+		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), AdminToken: adminToken,
 		MaxBundleBytes: cfg.MaxBundleBytes, Log: log,
 	})
 	if err != nil {
@@ -162,37 +167,94 @@ func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	return nil
 }
 
+func releaseRepoDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "repository", "release") }
+func rolloutRepoDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "repository", "rollout") }
+
+// readRoot reads a configured root metadata file; an empty path is nil.
+func readRoot(field, path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", field, err)
+	}
+	return b, nil
+}
+
 func openRepo(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (*tufrepo.Repo, error) {
 	pass := signing.PassphraseFromEnv(getenv, OnlineKeyPassphraseEnv)
-	snap, err := signing.LoadSigner(ctx, cfg.SnapshotKey, pass)
+	snap, err := kms.LoadSigner(ctx, cfg.SnapshotKey, pass)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot_key: %w", err)
 	}
-	ts, err := signing.LoadSigner(ctx, cfg.TimestampKey, pass)
+	ts, err := kms.LoadSigner(ctx, cfg.TimestampKey, pass)
 	if err != nil {
 		return nil, fmt.Errorf("timestamp_key: %w", err)
 	}
-	opts := tufrepo.Options{
-		Dir:            filepath.Join(cfg.DataDir, "repository", "release"),
+	root, err := readRoot("release_root", cfg.ReleaseRoot)
+	if err != nil {
+		return nil, err
+	}
+	repo, err := tufrepo.Open(tufrepo.Options{
+		Dir:            releaseRepoDir(cfg),
 		SnapshotSigner: snap, TimestampSigner: ts, TimestampExpiry: cfg.TimestampExpiry,
-		Log: log.With("component", "tufrepo"),
-	}
-	repo, err := tufrepo.Open(opts)
-	if !errors.Is(err, tufrepo.ErrNotInitialized) {
-		return repo, err
-	}
-	if cfg.ReleaseRoot == "" {
+		Log: log.With("component", "tufrepo", "repository", "release"),
+	}, root)
+	if errors.Is(err, tufrepo.ErrNotInitialized) {
 		return nil, errors.New("the release repository is not initialised: set release_root to the 1.root.json made by `aftercare keys init`")
 	}
-	root, err := os.ReadFile(cfg.ReleaseRoot)
 	if err != nil {
-		return nil, fmt.Errorf("release_root: %w", err)
+		return nil, fmt.Errorf("release repository: %w", err)
 	}
-	if err := tufrepo.Init(opts, root); err != nil {
-		return nil, fmt.Errorf("release_root %s: %w", cfg.ReleaseRoot, err)
+	return repo, nil
+}
+
+func openRollout(ctx context.Context, cfg config.Config, st *store.Store, release *tufrepo.Repo, getenv func(string) string, log *slog.Logger) (*tufrepo.Rollout, error) {
+	key, err := kms.LoadSigner(ctx, cfg.RolloutKey, signing.PassphraseFromEnv(getenv, OnlineKeyPassphraseEnv))
+	if err != nil {
+		return nil, fmt.Errorf("rollout_key: %w", err)
 	}
-	log.Info("release repository initialised", "root", cfg.ReleaseRoot)
-	return tufrepo.Open(opts)
+	root, err := readRoot("rollout_root", cfg.RolloutRoot)
+	if err != nil {
+		return nil, err
+	}
+	r, err := tufrepo.OpenRollout(tufrepo.RolloutOptions{
+		Dir: rolloutRepoDir(cfg), Signer: key, Release: release, Source: assignmentSource{st},
+		BinBits: cfg.RolloutBinBits, TimestampExpiry: cfg.TimestampExpiry,
+		Log: log.With("component", "tufrepo", "repository", "rollout"),
+	}, root)
+	if errors.Is(err, tufrepo.ErrNotInitialized) {
+		return nil, errors.New("the rollout repository is not initialised: set rollout_root to the 1.rollout-root.json made by `aftercare keys init`")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rollout repository: %w", err)
+	}
+	// Publish what the assignments table holds now, including anything a
+	// crash kept from being published.
+	if err := r.Sync(ctx); err != nil {
+		return nil, fmt.Errorf("publish the rollout repository: %w", err)
+	}
+	return r, nil
+}
+
+// assignmentSource reads the assignments table for the rollout repository.
+type assignmentSource struct{ st *store.Store }
+
+func (a assignmentSource) AssignedDevices(ctx context.Context) ([]string, error) {
+	return a.st.AssignedDevices(ctx)
+}
+
+func (a assignmentSource) Assignments(ctx context.Context, deviceIDs []string) ([]tufrepo.Assignment, error) {
+	rows, err := a.st.AssignmentsOf(ctx, deviceIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]tufrepo.Assignment, len(rows))
+	for i, r := range rows {
+		out[i] = tufrepo.Assignment{DeviceID: r.DeviceID, RolloutID: r.RolloutID, TargetPath: r.TargetPath}
+	}
+	return out, nil
 }
 
 // adminToken returns the configured admin token, or the one kept in the
@@ -242,7 +304,13 @@ func (s *Server) refreshRepo(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if err := s.repo.Refresh(); err != nil {
-			s.log.Error("re-signing repository metadata failed", "err", err)
+			s.log.Error("re-signing release repository metadata failed", "err", err)
+		}
+		if err := s.rollout.Refresh(ctx); err != nil {
+			s.log.Error("re-signing rollout repository metadata failed", "err", err)
+		}
+		if err := s.rollout.Sync(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("publishing the rollout repository failed", "err", err)
 		}
 		select {
 		case <-ctx.Done():

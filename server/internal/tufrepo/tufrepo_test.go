@@ -1,9 +1,12 @@
 package tufrepo_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,6 +14,8 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/server/internal/problem"
@@ -25,7 +30,7 @@ type fixture struct {
 	signT signature.Signer
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{keys: t.TempDir(), now: time.Now()}
 	if _, err := signing.InitRepository(context.Background(), signing.InitOptions{Dir: f.keys}); err != nil {
@@ -38,13 +43,13 @@ func newFixture(t *testing.T) *fixture {
 		}
 		return s
 	}
-	f.signT = load(signing.TargetsKeyFile)
+	f.signT = load(signing.OfflineKeyFile(metadata.TARGETS, signing.DefaultTargetsHolder))
 	f.opts = tufrepo.Options{Dir: t.TempDir(), SnapshotSigner: load(signing.SnapshotKeyFile), TimestampSigner: load(signing.TimeKeyFile),
 		Log: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }}
 	return f
 }
 
-func (f *fixture) root(t *testing.T) []byte {
+func (f *fixture) root(t testing.TB) []byte {
 	b, err := os.ReadFile(filepath.Join(f.keys, signing.RootFile))
 	if err != nil {
 		t.Fatal(err)
@@ -52,12 +57,9 @@ func (f *fixture) root(t *testing.T) []byte {
 	return b
 }
 
-func (f *fixture) open(t *testing.T) *tufrepo.Repo {
+func (f *fixture) open(t testing.TB) *tufrepo.Repo {
 	t.Helper()
-	if err := tufrepo.Init(f.opts, f.root(t)); err != nil {
-		t.Fatal(err)
-	}
-	r, err := tufrepo.Open(f.opts)
+	r, err := tufrepo.Open(f.opts, f.root(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,16 +76,16 @@ func (f *fixture) emptyTargets(t *testing.T, v int64, s signature.Signer) []byte
 	return b
 }
 
-func TestInitRefusesRootWithoutTheServerKeys(t *testing.T) {
+func TestOpenRefusesRootWithoutTheServerKeys(t *testing.T) {
 	f := newFixture(t)
 	other := newFixture(t)
-	if err := tufrepo.Init(other.opts, f.root(t)); err == nil {
-		t.Fatal("Init accepted a root that does not list this server's online keys")
+	if _, err := tufrepo.Open(other.opts, f.root(t)); !errors.Is(err, tufrepo.ErrKeyNotInRoot) {
+		t.Fatalf("Open(root without this server's online keys) = %v, want ErrKeyNotInRoot", err)
 	}
-	if err := tufrepo.Init(f.opts, []byte(`{"signed":{}}`)); err == nil {
-		t.Fatal("Init accepted malformed root metadata")
+	if _, err := tufrepo.Open(f.opts, []byte(`{"signed":{}}`)); err == nil {
+		t.Fatal("Open accepted malformed root metadata")
 	}
-	if _, err := tufrepo.Open(f.opts); !errors.Is(err, tufrepo.ErrNotInitialized) {
+	if _, err := tufrepo.Open(f.opts, nil); !errors.Is(err, tufrepo.ErrNotInitialized) {
 		t.Fatalf("Open(uninitialised) = %v, want ErrNotInitialized", err)
 	}
 }
@@ -118,7 +120,7 @@ func TestPublishRefusesTargetsWithoutFiles(t *testing.T) {
 	m.Signed.Version = 2
 	img := firmware.Manifest{Format: 1, Product: "pump", Version: "1.0.0", Models: []string{"x"},
 		Image: firmware.Image{Compression: "none", Length: 3, SHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", RawLength: 3, RawSHA256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}}
-	entry, _ := signing.TargetEntry(&img)
+	entry, _ := signing.TargetEntry(&img, false)
 	m.Signed.Targets[entry.Path] = entry
 	m.Sign(f.signT)
 	b, _ := m.ToBytes(false)
@@ -181,5 +183,79 @@ func TestRefreshResignsBeforeExpiry(t *testing.T) {
 	snap, err := new(metadata.Metadata[metadata.SnapshotType]).FromFile(filepath.Join(f.opts.Dir, "metadata", "2.snapshot.json"))
 	if err != nil || !snap.Signed.Expires.After(f.now.Add(6*24*time.Hour)) {
 		t.Fatalf("snapshot not re-signed: %v", err)
+	}
+}
+
+func TestReleaseRootRotationOfReleaseKeys(t *testing.T) {
+	f := newRolloutFixture(t, 1, "1.1.0")
+	rootKey, _ := signing.LoadSigner(context.Background(), filepath.Join(f.keys, signing.OfflineKeyFile("root", signing.DefaultRootHolder)), nil)
+	priv, _, _ := signing.GenerateKey(signing.Ed25519, nil)
+	p := filepath.Join(t.TempDir(), "targets-dave.key")
+	os.WriteFile(p, priv, 0o600)
+	dave, _ := signing.LoadSigner(context.Background(), p, nil)
+	davePub, _ := dave.PublicKey()
+	next, err := signing.RotateRoot(signing.RotateOptions{
+		Current: f.root(t), Roles: []string{"targets"}, Remove: []string{signing.DefaultTargetsHolder},
+		Add: []signing.NewKey{{Holder: "dave", Public: davePub}}, Signers: []signature.Signer{rootKey},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.release.UpdateRoot(next, nil); !errors.Is(err, problem.ErrConflict) {
+		t.Fatalf("UpdateRoot(new release keys, old targets) = %v, want ErrConflict", err)
+	}
+	cur, _ := f.release.CurrentTargets()
+	oldSigned, _ := signing.Resign(cur, f.signT, f.now.Add(time.Hour))
+	var invalid *problem.InvalidError
+	if err := f.release.UpdateRoot(next, oldSigned); !errors.As(err, &invalid) {
+		t.Fatalf("UpdateRoot(targets signed by the removed key) = %v, want InvalidError", err)
+	}
+	if b, _ := f.release.Root(); bytes.Contains(b, []byte(`"version": 2`)) {
+		t.Fatal("a refused root update changed the root")
+	}
+	resigned, _ := signing.Resign(cur, dave, f.now.Add(time.Hour))
+	if err := f.release.UpdateRoot(next, resigned); err != nil {
+		t.Fatalf("UpdateRoot(new keys, re-signed targets) = %v", err)
+	}
+	// A device starting from root v1 follows the chain to v2 and trusts
+	// the targets dave signed.
+	srv := httptest.NewServer(http.FileServer(http.Dir(f.opts.Dir)))
+	defer srv.Close()
+	cfg, _ := config.New(srv.URL+"/metadata", f.root(t))
+	cfg.LocalMetadataDir, cfg.LocalTargetsDir, cfg.Fetcher = t.TempDir(), t.TempDir(), &countingFetcher{}
+	up, _ := updater.New(cfg)
+	if err := up.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.GetTargetInfo(f.targets["1.1.0"]); err != nil {
+		t.Fatalf("release not found after the rotation: %v", err)
+	}
+}
+
+func TestReleaseRootUpdateRefusals(t *testing.T) {
+	f := newFixture(t)
+	r := f.open(t)
+	priv, _, _ := signing.GenerateKey(signing.Ed25519, nil)
+	p := filepath.Join(t.TempDir(), "root-mallory.key")
+	os.WriteFile(p, priv, 0o600)
+	mallory, _ := signing.LoadSigner(context.Background(), p, nil)
+	malloryPub, _ := mallory.PublicKey()
+	// Only the new root key signed: the old root keys never vouched.
+	next, err := signing.RotateRoot(signing.RotateOptions{
+		Current: f.root(t), Roles: []string{"root"}, Remove: []string{signing.DefaultRootHolder},
+		Add: []signing.NewKey{{Holder: "mallory", Public: malloryPub}}, Signers: []signature.Signer{mallory},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var invalid *problem.InvalidError
+	if err := r.UpdateRoot(next, nil); !errors.As(err, &invalid) {
+		t.Fatalf("UpdateRoot(not signed by the old root keys) = %v, want InvalidError", err)
+	}
+	if err := r.UpdateRoot(f.root(t), nil); !errors.Is(err, problem.ErrConflict) {
+		t.Fatalf("UpdateRoot(same version) = %v, want ErrConflict", err)
+	}
+	if _, err := os.Stat(filepath.Join(f.opts.Dir, "metadata", "2.root.json")); err == nil {
+		t.Fatal("a refused root was written")
 	}
 }

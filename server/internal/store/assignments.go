@@ -1,0 +1,67 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// A DeviceAssignment is one row of the assignments table with the target
+// path of its release: what the rollout repository publishes for the
+// device.
+type DeviceAssignment struct {
+	DeviceID   string
+	RolloutID  string
+	ReleaseID  string
+	TargetPath string
+}
+
+// AssignedDevices returns the IDs of every device that has an assignment.
+func (s *Store) AssignedDevices(ctx context.Context) ([]string, error) {
+	rows, err := s.direct().query(ctx, `SELECT device_id FROM assignments`)
+	if err != nil {
+		return nil, fmt.Errorf("list assigned devices: %w", err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// assignmentsChunk bounds the IN list of one query, far below SQLite's and
+// PostgreSQL's limits on bound parameters.
+const assignmentsChunk = 500
+
+// AssignmentsOf returns the assignments of the given devices; devices
+// without one are left out.
+func (s *Store) AssignmentsOf(ctx context.Context, deviceIDs []string) ([]DeviceAssignment, error) {
+	var out []DeviceAssignment
+	for start := 0; start < len(deviceIDs); start += assignmentsChunk {
+		chunk := deviceIDs[start:min(start+assignmentsChunk, len(deviceIDs))]
+		rows, err := s.direct().query(ctx, `SELECT a.device_id, a.rollout_id, a.release_id, r.target_path
+			FROM assignments a JOIN releases r ON r.id = a.release_id
+			WHERE a.device_id IN (`+placeholders(len(chunk))+`)`, appendAll(nil, chunk)...)
+		if err != nil {
+			return nil, fmt.Errorf("read assignments: %w", err)
+		}
+		for rows.Next() {
+			var a DeviceAssignment
+			if err := rows.Scan(&a.DeviceID, &a.RolloutID, &a.ReleaseID, &a.TargetPath); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out = append(out, a)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
