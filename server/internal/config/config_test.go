@@ -15,7 +15,7 @@ func env(m map[string]string) func(string) string {
 func TestDefaultsWithKeys(t *testing.T) {
 	cfg, err := config.Load([]string{"-data-dir", "/var/lib/aftercare"}, env(map[string]string{
 		"AFTERCARE_SNAPSHOT_KEY": "/k/snapshot.key", "AFTERCARE_TIMESTAMP_KEY": "/k/timestamp.key",
-		"AFTERCARE_ROLLOUT_KEY": "awskms:///alias/aftercare-rollout",
+		"AFTERCARE_ROLLOUT_KEY":  "awskms:///alias/aftercare-rollout",
 		"AFTERCARE_DATABASE_URL": "postgres://u:hunter2@db/aftercare",
 	}))
 	if err != nil {

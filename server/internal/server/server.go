@@ -167,8 +167,12 @@ func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	return nil
 }
 
-func releaseRepoDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "repository", "release") }
-func rolloutRepoDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "repository", "rollout") }
+func releaseRepoDir(cfg config.Config) string {
+	return filepath.Join(cfg.DataDir, "repository", "release")
+}
+func rolloutRepoDir(cfg config.Config) string {
+	return filepath.Join(cfg.DataDir, "repository", "rollout")
+}
 
 // readRoot reads a configured root metadata file; an empty path is nil.
 func readRoot(field, path string) ([]byte, error) {
