@@ -147,6 +147,8 @@ func startServer(t *testing.T, o serverOptions) *server {
 		"AFTERCARE_RELEASE_ROOT=" + filepath.Join(s.keysDir, "1.root.json"),
 		"AFTERCARE_SNAPSHOT_KEY=" + filepath.Join(s.keysDir, "snapshot.key"),
 		"AFTERCARE_TIMESTAMP_KEY=" + filepath.Join(s.keysDir, "timestamp.key"),
+		"AFTERCARE_ROLLOUT_ROOT=" + filepath.Join(s.keysDir, "1.rollout-root.json"),
+		"AFTERCARE_ROLLOUT_KEY=" + filepath.Join(s.keysDir, "rollout.key"),
 		"AFTERCARE_ADMIN_TOKEN=" + s.token,
 		// Tests share brokers: a topic tree and share group of their own.
 		"AFTERCARE_TOPIC_PREFIX=aftercare-test-" + randomHex(4) + "/v1",
@@ -287,7 +289,8 @@ func enroll(t *testing.T, s *server, perSite map[string]int) *fleet {
 // broker the devices were given at enrollment when not empty.
 func runSim(t *testing.T, s *server, f *fleet, brokerURL string, poll time.Duration) *proc {
 	t.Helper()
-	args := []string{"-server", s.url, "-root", filepath.Join(s.keysDir, "1.root.json"), "-dir", filepath.Join(f.dir, "devices"),
+	args := []string{"-server", s.url, "-root", filepath.Join(s.keysDir, "1.root.json"), "-rollout-root", filepath.Join(s.keysDir, "1.rollout-root.json"),
+		"-dir", filepath.Join(f.dir, "devices"),
 		"-devices", f.devicesFile, "-poll", poll.String(), "-log-level", "debug"}
 	if brokerURL != "" {
 		args = append(args, "-broker", brokerURL)
@@ -322,7 +325,7 @@ func publish(t *testing.T, s *server, version string) string {
 		copyFile(t, filepath.Join(s.keysDir, "1.targets.json"), current)
 	}
 	res.Body.Close()
-	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--key", filepath.Join(s.keysDir, "targets.key"), "--targets", current, "-o", signed)
+	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--key", filepath.Join(s.keysDir, "targets-release-engineering.key"), "--targets", current, "-o", signed)
 	var rel struct{ ID string }
 	cliJSON(t, s, &rel, "release", "upload", "--bundle", bundle, "--targets", signed)
 	return rel.ID

@@ -52,18 +52,31 @@ var ErrPassphraseRequired = errors.New("signing: key is encrypted and needs a pa
 // PEM-encoded, encrypted with passphrase unless passphrase is nil, together
 // with its PEM-encoded public key.
 func GenerateKey(alg Algorithm, passphrase []byte) (privPEM, pubPEM []byte, err error) {
-	var priv crypto.Signer
+	_, privPEM, pubPEM, err = generateKey(alg, passphrase)
+	return privPEM, pubPEM, err
+}
+
+// generateKey is GenerateKey that also returns the key itself, so a caller
+// that signs with it at once need not decrypt what it just encrypted.
+func generateKey(alg Algorithm, passphrase []byte) (priv crypto.Signer, privPEM, pubPEM []byte, err error) {
 	switch alg {
 	case Ed25519:
 		_, priv, err = ed25519.GenerateKey(rand.Reader)
 	case ECDSAP256:
 		priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	default:
-		return nil, nil, fmt.Errorf("key algorithm %q is not one of %s, %s", alg, Ed25519, ECDSAP256)
+		return nil, nil, nil, fmt.Errorf("key algorithm %q is not one of %s, %s", alg, Ed25519, ECDSAP256)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("generate %s key: %w", alg, err)
+		return nil, nil, nil, fmt.Errorf("generate %s key: %w", alg, err)
 	}
+	privPEM, pubPEM, err = encodeKey(priv, passphrase)
+	return priv, privPEM, pubPEM, err
+}
+
+// encodeKey PEM-encodes a private key, encrypted unless passphrase is nil,
+// and its public key.
+func encodeKey(priv crypto.Signer, passphrase []byte) (privPEM, pubPEM []byte, err error) {
 	pubPEM, err = cryptoutils.MarshalPublicKeyToPEM(priv.Public())
 	if err != nil {
 		return nil, nil, err

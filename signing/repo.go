@@ -114,7 +114,7 @@ func InitRepository(ctx context.Context, opts InitOptions) (*InitResult, error) 
 				pass = p
 			}
 			path := filepath.Join(opts.Dir, OfflineKeyFile(role, h))
-			s, err := writeNewKey(ctx, path, opts.Algorithm, pass)
+			s, err := writeNewKey(path, opts.Algorithm, pass)
 			if err != nil {
 				return nil, err
 			}
@@ -136,7 +136,7 @@ func InitRepository(ctx context.Context, opts InitOptions) (*InitResult, error) 
 		{metadata.SNAPSHOT, SnapshotKeyFile}, {metadata.TIMESTAMP, TimeKeyFile}, {"rollout", RolloutKeyFile},
 	} {
 		path := filepath.Join(opts.Dir, k.file)
-		s, err := writeNewKey(ctx, path, opts.Algorithm, nil)
+		s, err := writeNewKey(path, opts.Algorithm, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -253,8 +253,8 @@ func addRoleKeys(root *metadata.Metadata[metadata.RootType], role string, signer
 
 // writeNewKey generates a key pair into path and path.pub, never
 // overwriting a file, and returns the signer.
-func writeNewKey(ctx context.Context, path string, alg Algorithm, pass []byte) (signature.Signer, error) {
-	priv, pub, err := GenerateKey(alg, pass)
+func writeNewKey(path string, alg Algorithm, pass []byte) (signature.Signer, error) {
+	key, priv, pub, err := generateKey(alg, pass)
 	if err != nil {
 		return nil, err
 	}
@@ -264,11 +264,7 @@ func writeNewKey(ctx context.Context, path string, alg Algorithm, pass []byte) (
 	if err := writeNew(path+".pub", pub, 0o644); err != nil {
 		return nil, err
 	}
-	var pf PassFunc
-	if pass != nil {
-		pf = func() ([]byte, error) { return pass, nil }
-	}
-	return LoadSigner(ctx, path, pf)
+	return SignerFromKey(key)
 }
 
 // writeNew writes a file that must not exist yet, and syncs it.

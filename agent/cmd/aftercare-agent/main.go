@@ -59,6 +59,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("%w: trusted_root: %w", errConfig, err)
 	}
+	rolloutRoot, err := os.ReadFile(cfg.TrustedRolloutRoot)
+	if err != nil {
+		return fmt.Errorf("%w: trusted_rollout_root: %w", errConfig, err)
+	}
 	httpc := agent.NewHTTPClient()
 	id, ok, err := agent.LoadIdentity(cfg.StateDir)
 	if err != nil {
@@ -86,10 +90,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		ag, err := agent.New(agent.Options{
 			ServerURL: cfg.ServerURL, Identity: id, BrokerURL: cfg.BrokerURL,
 			Model: cfg.Model, HardwareRevision: cfg.HardwareRevision, FactoryVersion: cfg.FactoryVersion,
-			BootstrapRoot: root, StateDir: cfg.StateDir, Boot: bl,
+			BootstrapRoot: root, RolloutRoot: rolloutRoot, StateDir: cfg.StateDir, Boot: bl,
 			Slots:  map[firmware.Slot]string{firmware.SlotA: cfg.SlotA, firmware.SlotB: cfg.SlotB},
 			Health: checker.Check, PollInterval: cfg.PollInterval, OutboxBytes: cfg.OutboxBytes,
-			HTTP: httpc, Log: log,
+			HTTP: httpc, Limits: cfg.DownloadLimits(), Log: log,
 		})
 		if err != nil {
 			return err

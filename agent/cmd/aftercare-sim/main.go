@@ -2,7 +2,7 @@
 // server: each device has its own slot files, file-backed bootloader and
 // identity, and runs the real agent.
 //
-//	aftercare-sim -server http://127.0.0.1:8080 -root 1.root.json -dir ./sim -devices devices.json
+//	aftercare-sim -server http://127.0.0.1:8080 -root 1.root.json -rollout-root 1.rollout-root.json -dir ./sim -devices devices.json
 //
 // devices.json lists the devices: [{"serial": "...", "model": "...",
 // "hardware_revision": "...", "version": "1.0.0", "token": "<enrollment token>"}].
@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	server := fs.String("server", "http://127.0.0.1:8080", "fleet server URL")
 	rootPath := fs.String("root", "", "release repository root metadata (1.root.json); required")
+	rolloutRootPath := fs.String("rollout-root", "", "rollout repository root metadata (1.rollout-root.json); required")
 	dir := fs.String("dir", "./aftercare-sim", "directory holding one subdirectory per device")
 	devicesPath := fs.String("devices", "", "JSON file listing the devices; required")
 	poll := fs.Duration("poll", time.Minute, "poll interval of each device")
@@ -58,10 +59,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
 		return fmt.Errorf("-log-level %q is not debug, info, warn or error", *level)
 	}
-	if *rootPath == "" || *devicesPath == "" {
-		return errors.New("-root and -devices are required")
+	if *rootPath == "" || *rolloutRootPath == "" || *devicesPath == "" {
+		return errors.New("-root, -rollout-root and -devices are required")
 	}
 	root, err := os.ReadFile(*rootPath)
+	if err != nil {
+		return err
+	}
+	rolloutRoot, err := os.ReadFile(*rolloutRootPath)
 	if err != nil {
 		return err
 	}
@@ -71,7 +76,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	fleet, err := sim.Start(ctx, sim.Options{
-		ServerURL: *server, BootstrapRoot: root, Dir: *dir, Devices: devices,
+		ServerURL: *server, BootstrapRoot: root, RolloutRoot: rolloutRoot, Dir: *dir, Devices: devices,
 		BrokerURL: *broker, PollInterval: *poll, HTTP: agent.NewHTTPClient(), Log: log,
 	})
 	if err != nil {

@@ -4,11 +4,15 @@
 // repository vouches for it. Every state change goes to the on-disk outbox
 // and from there to the server.
 //
-// A check goes: assignment (from the API; only a pointer) -> release
-// repository refresh and signed entry (update) -> device checks (model,
-// version) -> stream into the inactive slot (install) -> arm the slot ->
-// ErrReboot. The caller reboots; the next Run commits or reports the
-// rollback.
+// A check goes: rollout repository refresh and this device's entry, release
+// repository refresh and the same image signed there (update) -> device
+// checks (model, version, signed rollback flag) -> stream into the
+// inactive slot (install) -> arm the slot -> ErrReboot. The caller
+// reboots; the next Run commits or reports the rollback.
+//
+// Every refusal is reported to the server with its reason and logged as a
+// WARN "security event" with the fields event, code, rollout_id, target
+// and err.
 package agent
 
 import (
@@ -24,6 +28,7 @@ import (
 
 	"github.com/aftercare/aftercare/agent/internal/install"
 	"github.com/aftercare/aftercare/agent/internal/report"
+	"github.com/aftercare/aftercare/agent/internal/slowread"
 	"github.com/aftercare/aftercare/agent/internal/update"
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/protocol"
@@ -42,6 +47,7 @@ type Options struct {
 	HardwareRevision string
 	FactoryVersion   string // version of the booted slot at first start; required
 	BootstrapRoot    []byte // release repository root shipped in the image; required
+	RolloutRoot      []byte // rollout repository root shipped in the image; required
 	StateDir         string // required
 	Boot             install.Bootloader
 	Slots            map[firmware.Slot]string
@@ -51,6 +57,9 @@ type Options struct {
 	PollInterval time.Duration // default 1h; each wait is jittered by ±20%
 	OutboxBytes  int64         // outbox budget; default report.DefaultMaxBytes
 	HTTP         *http.Client  // required; its transport has timeouts
+	// Limits guard metadata and image downloads against slow retrieval;
+	// the zero value means slowread.DefaultLimits.
+	Limits slowread.Limits
 	Log          *slog.Logger  // required
 	Now          func() time.Time
 }
@@ -63,13 +72,20 @@ type Agent struct {
 	updater *update.Client
 	outbox  *report.Outbox
 	state   *stateFile
+	// problem is the last refusal or slow retrieval reported without an
+	// assignment to remember it by; it is not reported again until a
+	// check gets past it.
+	problem string
 }
 
 // New prepares an agent: installer, release repository client and outbox.
 func New(opts Options) (*Agent, error) {
 	if opts.ServerURL == "" || opts.Identity.DeviceID == "" || opts.Model == "" || opts.FactoryVersion == "" ||
-		len(opts.BootstrapRoot) == 0 || opts.StateDir == "" || opts.Boot == nil || opts.HTTP == nil || opts.Log == nil {
-		return nil, errors.New("agent: ServerURL, Identity, Model, FactoryVersion, BootstrapRoot, StateDir, Boot, HTTP and Log are required")
+		len(opts.BootstrapRoot) == 0 || len(opts.RolloutRoot) == 0 || opts.StateDir == "" || opts.Boot == nil || opts.HTTP == nil || opts.Log == nil {
+		return nil, errors.New("agent: ServerURL, Identity, Model, FactoryVersion, BootstrapRoot, RolloutRoot, StateDir, Boot, HTTP and Log are required")
+	}
+	if opts.Limits == (slowread.Limits{}) {
+		opts.Limits = slowread.DefaultLimits()
 	}
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = time.Hour
@@ -89,8 +105,9 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	up, err := update.New(update.Options{
-		RepositoryURL: opts.ServerURL + "/tuf/release", BootstrapRoot: opts.BootstrapRoot,
-		CacheDir: filepath.Join(opts.StateDir, "tuf", "release"), HTTP: opts.HTTP, Log: log,
+		ReleaseURL: opts.ServerURL + "/tuf/release", RolloutURL: opts.ServerURL + "/tuf/rollout",
+		ReleaseRoot: opts.BootstrapRoot, RolloutRoot: opts.RolloutRoot, DeviceID: opts.Identity.DeviceID,
+		StateDir: filepath.Join(opts.StateDir, "tuf"), HTTP: opts.HTTP, Limits: opts.Limits, Now: opts.Now, Log: log,
 	})
 	if err != nil {
 		return nil, err
@@ -221,37 +238,39 @@ func (a *Agent) report(state protocol.State, target, version, reason string) {
 
 // check installs the device's assignment if it is new, signed and allowed.
 func (a *Agent) check(ctx context.Context) error {
-	asg, err := a.fetchAssignment(ctx)
-	if err != nil || asg == nil {
-		return err
+	asg, err := a.updater.Assignment(ctx)
+	if err != nil {
+		return a.refuseOrRetry(ctx, "", "", "", err)
 	}
+	if a.problem != "" {
+		// Whatever was refused before has cleared.
+		a.problem = ""
+		a.report(protocol.StateIdle, "", "", "")
+	}
+	if asg == nil {
+		return nil
+	}
+	t := asg.Target
 	_, running, err := a.inst.Running()
 	if err != nil {
 		return err
 	}
-	if asg.Version == running.Version || a.state.refused(asg.RolloutID, asg.TargetPath) {
+	if t.Manifest.Version == running.Version || a.state.refused(asg.RolloutID, t.Path) {
 		return nil
 	}
-	t, err := a.updater.Lookup(ctx, asg.TargetPath)
-	if err == nil {
-		err = update.Check(t, a.opts.Model, a.opts.HardwareRevision, running.Version)
-	}
-	if err != nil {
-		return a.refuseOrRetry(ctx, asg, asg.Version, err)
-	}
-	if t.Manifest.Version == running.Version {
-		return nil
+	if err := update.Check(t, a.opts.Model, a.opts.HardwareRevision, running.Version); err != nil {
+		return a.refuseOrRetry(ctx, asg.RolloutID, t.Path, t.Manifest.Version, err)
 	}
 	job := install.Job{RolloutID: asg.RolloutID, Target: t.Path, Version: t.Manifest.Version, Image: t.Manifest.Image}
 	a.report(protocol.StateDownloading, job.Target, job.Version, "")
 	body, err := a.download(ctx, t)
 	if err != nil {
-		return a.refuseOrRetry(ctx, asg, job.Version, err)
+		return a.refuseOrRetry(ctx, asg.RolloutID, job.Target, job.Version, err)
 	}
 	slot, err := a.inst.Write(ctx, body, job)
 	body.Close()
 	if err != nil {
-		return a.refuseOrRetry(ctx, asg, job.Version, err)
+		return a.refuseOrRetry(ctx, asg.RolloutID, job.Target, job.Version, err)
 	}
 	a.report(protocol.StateVerified, job.Target, job.Version, "")
 	if err := a.inst.Arm(slot, job); err != nil {
@@ -262,80 +281,103 @@ func (a *Agent) check(ctx context.Context) error {
 	return ErrReboot
 }
 
-// refuseOrRetry reports a failed install. A refusal (the signed metadata or
-// the image does not allow the install) is remembered for the rollout so
-// the device does not retry it; any other failure is retried at the next
-// check.
-func (a *Agent) refuseOrRetry(ctx context.Context, asg *protocol.Assignment, version string, err error) error {
+// securityCode tells whether err is a security event, and its code: a
+// refusal by the signed metadata, an image that does not match what was
+// signed, or slow retrieval.
+func securityCode(err error) (string, bool) {
+	var ve *update.VerifyError
+	switch {
+	case errors.As(err, &ve):
+		return ve.Code, true
+	case errors.Is(err, firmware.ErrMismatch):
+		return "image mismatch", true
+	case errors.Is(err, slowread.ErrTooSlow):
+		return "slow retrieval", true
+	}
+	return "", false
+}
+
+// refuseOrRetry reports a failed check. A security event (see
+// securityCode) is logged and reported with its reason; a refusal of an
+// assignment is remembered for its rollout so the device does not retry
+// it, while slow retrieval and refusals of a repository as a whole are
+// retried at the next check (reported once until they clear). Any other
+// failure (the network, the disk) is reported when it hit an install and
+// retried.
+func (a *Agent) refuseOrRetry(ctx context.Context, rolloutID, target, version string, err error) error {
 	if ctx.Err() != nil {
 		// Shutting down mid-check is not a failed install.
 		return err
 	}
-	if errors.Is(err, update.ErrRefused) || errors.Is(err, firmware.ErrMismatch) {
-		a.log.Warn("security event: assignment refused", "rollout_id", asg.RolloutID, "target", asg.TargetPath, "err", err)
-		a.report(protocol.StateFailed, asg.TargetPath, version, err.Error())
-		a.state.refuse(asg.RolloutID, asg.TargetPath, err.Error())
+	code, security := securityCode(err)
+	if !security {
+		if target != "" {
+			a.report(protocol.StateFailed, target, version, err.Error())
+		}
+		return err
+	}
+	event := "assignment refused"
+	switch {
+	case code == "slow retrieval":
+		event = "slow retrieval"
+	case target == "":
+		event = "repository refused"
+	}
+	a.log.Warn("security event", "event", event, "code", code, "rollout_id", rolloutID, "target", target, "err", err)
+	reason := err.Error()
+	if rolloutID != "" && code != "slow retrieval" {
+		a.report(protocol.StateFailed, target, version, reason)
+		a.state.refuse(rolloutID, target, reason)
 		return nil
 	}
-	a.report(protocol.StateFailed, asg.TargetPath, version, err.Error())
-	return err
-}
-
-// maxAssignmentBytes bounds the assignment response.
-const maxAssignmentBytes = protocol.MaxPayloadBytes
-
-func (a *Agent) fetchAssignment(ctx context.Context) (*protocol.Assignment, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.opts.ServerURL+"/api/v1/device/assignment", nil)
-	if err != nil {
-		return nil, err
+	if reason != a.problem {
+		a.report(protocol.StateFailed, target, version, reason)
+		a.problem = reason
 	}
-	req.Header.Set("Authorization", "Bearer "+a.opts.Identity.Credential)
-	res, err := a.opts.HTTP.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("fetch assignment: %w", err)
+	if code == "slow retrieval" {
+		return err
 	}
-	defer res.Body.Close()
-	switch res.StatusCode {
-	case http.StatusNoContent:
-		return nil, nil
-	case http.StatusOK:
-	case http.StatusUnauthorized:
-		return nil, errors.New("fetch assignment: the server rejected this device's credential (revoked or re-enrolled?)")
-	default:
-		return nil, fmt.Errorf("fetch assignment: status %s", res.Status)
-	}
-	b, err := io.ReadAll(io.LimitReader(res.Body, maxAssignmentBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("fetch assignment: %w", err)
-	}
-	var asg protocol.Assignment
-	if err := protocol.Decode(b, &asg); err != nil {
-		return nil, fmt.Errorf("fetch assignment: %w", err)
-	}
-	return &asg, nil
+	return nil
 }
 
 // download starts the image download. The installer enforces the signed
 // length and digests while it reads; a declared length above the signed one
-// is refused before reading anything.
+// is refused before reading anything, and a source too slow for the limits
+// fails with slowread.ErrTooSlow.
 func (a *Agent) download(ctx context.Context, t *update.Target) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL, nil)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	res, err := a.opts.HTTP.Do(req)
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("download %s: %w", t.Path, err)
 	}
 	if res.StatusCode != http.StatusOK {
 		res.Body.Close()
+		cancel()
 		return nil, fmt.Errorf("download %s: status %s", t.Path, res.Status)
 	}
 	if res.ContentLength > t.Length {
 		res.Body.Close()
-		return nil, &update.VerifyError{Target: t.Path, Reason: fmt.Sprintf("server offers %d bytes, more than the signed %d", res.ContentLength, t.Length)}
+		cancel()
+		return nil, &update.VerifyError{Target: t.Path, Code: update.CodeTooLarge,
+			Detail: fmt.Sprintf("the server offers %d bytes, more than the signed %d; nothing was downloaded", res.ContentLength, t.Length)}
 	}
-	return res.Body, nil
+	return &body{Reader: slowread.New(res.Body, a.opts.Limits, cancel), cancel: cancel}, nil
+}
+
+// body is an image download: the limited reader and the request's cancel.
+type body struct {
+	*slowread.Reader
+	cancel context.CancelFunc
+}
+
+func (b *body) Close() error {
+	err := b.Reader.Close()
+	b.cancel()
+	return err
 }

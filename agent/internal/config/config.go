@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/aftercare/aftercare/agent/internal/slowread"
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/internal/confload"
 )
@@ -38,6 +39,16 @@ type Config struct {
 	// TrustedRoot is the release repository's root metadata shipped in the
 	// image; default /etc/aftercare/root.json.
 	TrustedRoot string `yaml:"trusted_root" env:"TRUSTED_ROOT"`
+	// TrustedRolloutRoot is the rollout repository's root metadata shipped
+	// in the image; default /etc/aftercare/rollout-root.json.
+	TrustedRolloutRoot string `yaml:"trusted_rollout_root" env:"TRUSTED_ROLLOUT_ROOT"`
+	// DownloadStallTimeout is the longest a metadata or image download may
+	// wait for data; default 30s.
+	DownloadStallTimeout time.Duration `yaml:"download_stall_timeout" env:"DOWNLOAD_STALL_TIMEOUT"`
+	// DownloadMinRate is the slowest acceptable download, in bytes per
+	// second averaged over a minute of waiting; default 1024. A slower
+	// source is dropped and reported as slow retrieval.
+	DownloadMinRate int64 `yaml:"download_min_rate" env:"DOWNLOAD_MIN_RATE"`
 	// BrokerURL overrides the broker given at enrollment.
 	BrokerURL string `yaml:"broker_url" env:"BROKER_URL"`
 	// PollInterval is how often the agent checks without a hint; default
@@ -69,7 +80,10 @@ type Config struct {
 func Default() Config {
 	return Config{
 		StateDir:      "/var/lib/aftercare",
-		TrustedRoot:   "/etc/aftercare/root.json",
+		TrustedRoot:          "/etc/aftercare/root.json",
+		TrustedRolloutRoot:   "/etc/aftercare/rollout-root.json",
+		DownloadStallTimeout: 30 * time.Second,
+		DownloadMinRate:      1 << 10,
 		PollInterval:  time.Hour,
 		Bootloader:    "file",
 		HealthTimeout: 2 * time.Minute,
@@ -141,6 +155,15 @@ func (c Config) Validate() error {
 	if c.TrustedRoot == "" {
 		errs = append(errs, errors.New("trusted_root is required"))
 	}
+	if c.TrustedRolloutRoot == "" {
+		errs = append(errs, errors.New("trusted_rollout_root is required"))
+	}
+	if c.DownloadStallTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("download_stall_timeout %s must be at least 1s", c.DownloadStallTimeout))
+	}
+	if c.DownloadMinRate < 1 {
+		errs = append(errs, fmt.Errorf("download_min_rate %d must be at least 1 byte per second", c.DownloadMinRate))
+	}
 	if c.Bootloader != "file" {
 		errs = append(errs, fmt.Errorf("bootloader %q is not supported (supported: file)", c.Bootloader))
 	}
@@ -158,6 +181,11 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log_level %q is not debug, info, warn or error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+// DownloadLimits are the slow-retrieval limits of every download.
+func (c Config) DownloadLimits() slowread.Limits {
+	return slowread.Limits{Idle: c.DownloadStallTimeout, MinRate: c.DownloadMinRate, Window: time.Minute}
 }
 
 // Level returns the configured log level.

@@ -45,9 +45,10 @@ func TestLoadOrderFileThenEnvThenFlags(t *testing.T) {
 }
 
 func TestLoadReportsEveryProblem(t *testing.T) {
-	p := writeFile(t, "server_url: ftp://x\nmodel: Pump!\nslot_a: /dev/a\nslot_b: /dev/a\npoll_interval: 1ms\n")
+	p := writeFile(t, "server_url: ftp://x\nmodel: Pump!\nslot_a: /dev/a\nslot_b: /dev/a\npoll_interval: 1ms\n"+
+		"download_stall_timeout: 1ms\ndownload_min_rate: 0\ntrusted_rollout_root: \"\"\n")
 	_, err := config.Load([]string{"-config", p}, env(nil))
-	for _, want := range []string{"server_url", "model", "factory_version", "slot_a", "poll_interval"} {
+	for _, want := range []string{"server_url", "model", "factory_version", "slot_a", "poll_interval", "download_stall_timeout", "download_min_rate", "trusted_rollout_root"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Load() = %v, want it to name %s", err, want)
 		}

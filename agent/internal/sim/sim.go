@@ -45,6 +45,7 @@ type Device struct {
 type Options struct {
 	ServerURL     string // required
 	BootstrapRoot []byte // release repository root; required
+	RolloutRoot   []byte // rollout repository root; required
 	Dir           string // one subdirectory per device; required
 	Devices       []Device
 	BrokerURL     string        // overrides the broker URL from enrollment
@@ -73,8 +74,8 @@ type Fleet struct {
 // Start enrolls every device that has no identity yet, then runs each in
 // its own goroutine until ctx ends.
 func Start(ctx context.Context, opts Options) (*Fleet, error) {
-	if opts.ServerURL == "" || len(opts.BootstrapRoot) == 0 || opts.Dir == "" || opts.HTTP == nil || opts.Log == nil {
-		return nil, errors.New("sim: ServerURL, BootstrapRoot, Dir, HTTP and Log are required")
+	if opts.ServerURL == "" || len(opts.BootstrapRoot) == 0 || len(opts.RolloutRoot) == 0 || opts.Dir == "" || opts.HTTP == nil || opts.Log == nil {
+		return nil, errors.New("sim: ServerURL, BootstrapRoot, RolloutRoot, Dir, HTTP and Log are required")
 	}
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = time.Minute
@@ -182,7 +183,7 @@ func run(ctx context.Context, opts Options, r Running) error {
 		ag, err := agent.New(agent.Options{
 			ServerURL: opts.ServerURL, Identity: id, BrokerURL: opts.BrokerURL,
 			Model: r.Model, HardwareRevision: r.HardwareRevision, FactoryVersion: r.Version,
-			BootstrapRoot: opts.BootstrapRoot, StateDir: r.Dir, Boot: r.Boot,
+			BootstrapRoot: opts.BootstrapRoot, RolloutRoot: opts.RolloutRoot, StateDir: r.Dir, Boot: r.Boot,
 			Slots: map[firmware.Slot]string{
 				firmware.SlotA: filepath.Join(r.Dir, "slot-a.img"),
 				firmware.SlotB: filepath.Join(r.Dir, "slot-b.img"),
