@@ -60,8 +60,8 @@ type Options struct {
 	// Limits guard metadata and image downloads against slow retrieval;
 	// the zero value means slowread.DefaultLimits.
 	Limits slowread.Limits
-	Log          *slog.Logger  // required
-	Now          func() time.Time
+	Log    *slog.Logger // required
+	Now    func() time.Time
 }
 
 // Agent is one device's agent. Run it once per boot.

@@ -472,7 +472,7 @@ func (*allowAll) Provides(b byte) bool {
 	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
 }
 func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
-func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool             { return true }
+func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
 
 func hasSubscriber(s *mqtt.Server, topic string) bool {
 	return len(s.Topics.Subscribers(topic).Subscriptions) > 0

@@ -79,17 +79,17 @@ type Config struct {
 // Default returns the documented defaults.
 func Default() Config {
 	return Config{
-		StateDir:      "/var/lib/aftercare",
+		StateDir:             "/var/lib/aftercare",
 		TrustedRoot:          "/etc/aftercare/root.json",
 		TrustedRolloutRoot:   "/etc/aftercare/rollout-root.json",
 		DownloadStallTimeout: 30 * time.Second,
 		DownloadMinRate:      1 << 10,
-		PollInterval:  time.Hour,
-		Bootloader:    "file",
-		HealthTimeout: 2 * time.Minute,
-		RebootCommand: []string{"systemctl", "reboot"},
-		OutboxBytes:   4 << 20,
-		LogLevel:      "info",
+		PollInterval:         time.Hour,
+		Bootloader:           "file",
+		HealthTimeout:        2 * time.Minute,
+		RebootCommand:        []string{"systemctl", "reboot"},
+		OutboxBytes:          4 << 20,
+		LogLevel:             "info",
 	}
 }
 
