@@ -128,22 +128,25 @@ func (p *proc) stop() {
 type server struct {
 	url, token, dataDir, keysDir string
 	deviceBroker                 string
+	listen                       string
+	env                          []string // the server's environment
 	proc                         *proc
 }
 
 // serverOptions choose the broker; the zero value runs the embedded one.
 type serverOptions struct {
-	brokerURL string // external broker, e.g. Mosquitto
+	brokerURL string   // external broker, e.g. Mosquitto
+	keysInit  []string // extra arguments of `aftercare keys init`
 }
 
 func startServer(t *testing.T, o serverOptions) *server {
 	t.Helper()
 	dir := t.TempDir()
 	s := &server{dataDir: filepath.Join(dir, "data"), keysDir: filepath.Join(dir, "keys"), token: "aca_" + randomHex(16)}
-	runCLI(t, nil, "keys", "init", "--dir", s.keysDir)
-	listen := freeAddr(t)
-	s.url = "http://" + listen
-	env := []string{
+	runCLI(t, nil, append([]string{"keys", "init", "--dir", s.keysDir}, o.keysInit...)...)
+	s.listen = freeAddr(t)
+	s.url = "http://" + s.listen
+	s.env = []string{
 		"AFTERCARE_RELEASE_ROOT=" + filepath.Join(s.keysDir, "1.root.json"),
 		"AFTERCARE_SNAPSHOT_KEY=" + filepath.Join(s.keysDir, "snapshot.key"),
 		"AFTERCARE_TIMESTAMP_KEY=" + filepath.Join(s.keysDir, "timestamp.key"),
@@ -156,14 +159,21 @@ func startServer(t *testing.T, o serverOptions) *server {
 		"AFTERCARE_LOG_LEVEL=info",
 	}
 	if o.brokerURL != "" {
-		env = append(env, "AFTERCARE_BROKER_URL="+o.brokerURL)
+		s.env = append(s.env, "AFTERCARE_BROKER_URL="+o.brokerURL)
 		s.deviceBroker = o.brokerURL
 	} else {
 		b := freeAddr(t)
-		env = append(env, "AFTERCARE_EMBEDDED_BROKER_LISTEN="+b)
+		s.env = append(s.env, "AFTERCARE_EMBEDDED_BROKER_LISTEN="+b)
 		s.deviceBroker = "tcp://" + b
 	}
-	s.proc = start(t, "server.log", env, "aftercare-server", "-listen", listen, "-data-dir", s.dataDir)
+	s.launch(t)
+	return s
+}
+
+// launch starts the server process on s.listen and waits until it answers.
+func (s *server) launch(t *testing.T) {
+	t.Helper()
+	s.proc = start(t, "server-"+randomHex(2)+".log", s.env, "aftercare-server", "-listen", s.listen, "-data-dir", s.dataDir)
 	waitFor(t, 30*time.Second, "the server answers /healthz", func() bool {
 		res, err := http.Get(s.url + "/healthz")
 		if err != nil {
@@ -172,10 +182,29 @@ func startServer(t *testing.T, o serverOptions) *server {
 		res.Body.Close()
 		return res.StatusCode == http.StatusOK
 	})
-	return s
 }
 
-func (s *server) env() []string {
+// restart stops the server and starts it again on the same data directory
+// and addresses, with the environment changed by set (KEY=value entries
+// replace those of the same key).
+func (s *server) restart(t *testing.T, set ...string) {
+	t.Helper()
+	s.proc.stop()
+	for _, kv := range set {
+		key, _, _ := strings.Cut(kv, "=")
+		for i, old := range s.env {
+			if strings.HasPrefix(old, key+"=") {
+				s.env = append(s.env[:i], s.env[i+1:]...)
+				break
+			}
+		}
+		s.env = append(s.env, kv)
+	}
+	s.launch(t)
+}
+
+// cliEnv is the environment of CLI commands that talk to the server.
+func (s *server) cliEnv() []string {
 	return []string{"AFTERCARE_SERVER=" + s.url, "AFTERCARE_TOKEN=" + s.token}
 }
 
@@ -203,7 +232,7 @@ func tryCLI(env []string, args ...string) (string, error) {
 // cliJSON runs a CLI command with --json and decodes its output.
 func cliJSON(t *testing.T, s *server, out any, args ...string) {
 	t.Helper()
-	b := runCLI(t, s.env(), append(args, "--json")...)
+	b := runCLI(t, s.cliEnv(), append(args, "--json")...)
 	if err := json.Unmarshal([]byte(b), out); err != nil {
 		t.Fatalf("aftercare %s --json: %v\n%s", strings.Join(args, " "), err, b)
 	}
@@ -302,6 +331,18 @@ func runSim(t *testing.T, s *server, f *fleet, brokerURL string, poll time.Durat
 // release through the CLI, and returns its ID.
 func publish(t *testing.T, s *server, version string) string {
 	t.Helper()
+	bundle := buildBundle(t, version)
+	signed := filepath.Join(t.TempDir(), "targets.json")
+	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--key", filepath.Join(s.keysDir, "targets-release-engineering.key"),
+		"--targets", currentTargets(t, s), "-o", signed)
+	var rel struct{ ID string }
+	cliJSON(t, s, &rel, "release", "upload", "--bundle", bundle, "--targets", signed)
+	return rel.ID
+}
+
+// buildBundle builds a release bundle of a 2 MiB image with the CLI.
+func buildBundle(t *testing.T, version string) string {
+	t.Helper()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "firmware.img")
 	raw := make([]byte, 2<<20)
@@ -309,14 +350,19 @@ func publish(t *testing.T, s *server, version string) string {
 	os.WriteFile(img, raw, 0o644)
 	bundle := filepath.Join(dir, "bundle.tar")
 	runCLI(t, nil, "release", "build", "--image", img, "--product", "infusion-pump", "--version", version, "--model", "pump-x1", "-o", bundle)
-	signed := filepath.Join(dir, "targets.json")
-	current := filepath.Join(dir, "current.json")
-	// Offline signing: fetch the current targets metadata, sign on a
-	// machine without the server, carry the result back.
+	return bundle
+}
+
+// currentTargets fetches the targets metadata the next release is signed
+// on, as a release engineer carries it to the offline machine.
+func currentTargets(t *testing.T, s *server) string {
+	t.Helper()
+	current := filepath.Join(t.TempDir(), "current.json")
 	res, err := http.DefaultClient.Do(authGet(t, s, "/api/v1/repository/targets"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer res.Body.Close()
 	if res.StatusCode == http.StatusOK {
 		f, _ := os.Create(current)
 		f.ReadFrom(res.Body)
@@ -324,11 +370,7 @@ func publish(t *testing.T, s *server, version string) string {
 	} else {
 		copyFile(t, filepath.Join(s.keysDir, "1.targets.json"), current)
 	}
-	res.Body.Close()
-	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--key", filepath.Join(s.keysDir, "targets-release-engineering.key"), "--targets", current, "-o", signed)
-	var rel struct{ ID string }
-	cliJSON(t, s, &rel, "release", "upload", "--bundle", bundle, "--targets", signed)
-	return rel.ID
+	return current
 }
 
 func authGet(t *testing.T, s *server, path string) *http.Request {

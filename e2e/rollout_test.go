@@ -25,7 +25,7 @@ func rolloutToAll(t *testing.T, s *server, deviceBroker string) {
 	runSim(t, s, f, deviceBroker, time.Minute)
 	waitReported(t, s, f)
 	rel := publish(t, s, "1.1.0")
-	runCLI(t, s.env(), "rollout", "create", "--release", rel)
+	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel)
 	waitFor(t, rolloutTimeout, "every device runs 1.1.0", func() bool {
 		for _, sp := range summary(t, s) {
 			if sp.Counts.Versions["1.1.0"] != sp.Counts.Total || sp.Counts.Failed > 0 {
@@ -128,7 +128,7 @@ func TestTamperedImageIsRefused(t *testing.T) {
 
 	runSim(t, s, f, "", time.Minute)
 	waitReported(t, s, f)
-	runCLI(t, s.env(), "rollout", "create", "--release", rel)
+	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel)
 	st := f.sites["St. Mary Radiology"]
 	var dev devicePatch
 	waitFor(t, rolloutTimeout, "the device reports the failure", func() bool {
@@ -160,7 +160,7 @@ func TestPollFindsUpdateWithoutHints(t *testing.T) {
 		return len(out.Devices) == len(f.devices)
 	})
 	rel := publish(t, s, "1.1.0")
-	runCLI(t, s.env(), "rollout", "create", "--release", rel)
+	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel)
 	serial := f.devices[0].Serial
 	waitFor(t, rolloutTimeout, "the device installs 1.1.0 by polling", func() bool {
 		d := readDevice(t, f, serial)
