@@ -38,6 +38,20 @@ func signApproved(t *testing.T, s *server, version, second string) (bundle, sign
 	return bundle, signed
 }
 
+// rollOut builds a release, signs it with the first key and approves it
+// with the second, uploads it, rolls it out and waits for every device.
+func rollOut(t *testing.T, s *server, f *fleet, version, signKey, approveKey string) {
+	t.Helper()
+	bundle := buildBundle(t, version)
+	signed := filepath.Join(t.TempDir(), "targets.json")
+	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--targets", currentTargets(t, s), "--key", signKey, "-o", signed)
+	runCLI(t, nil, "release", "approve", "--targets", signed, "--key", approveKey)
+	var rel struct{ ID string }
+	cliJSON(t, s, &rel, "release", "upload", "--bundle", bundle, "--targets", signed)
+	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel.ID)
+	waitVersion(t, s, f, version)
+}
+
 // TestOfflineReleaseApprovalAndKeyRotation runs the release engineer's
 // offline workflow end to end: two people must sign every release, a
 // release key is rotated (new root signed by old and new root thresholds),
@@ -102,13 +116,7 @@ func TestOfflineReleaseApprovalAndKeyRotation(t *testing.T) {
 	runCLI(t, nil, "release", "approve", "--targets", resigned, "--key", dave, "--root", root2)
 	runCLI(t, s.cliEnv(), "keys", "upload-root", "--root", root2, "--targets", resigned)
 
-	bundle = buildBundle(t, "1.2.0")
-	signed = filepath.Join(dir, "targets-1.2.0.json")
-	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--targets", currentTargets(t, s), "--key", key("targets-release-eng.key"), "-o", signed)
-	runCLI(t, nil, "release", "approve", "--targets", signed, "--key", dave)
-	cliJSON(t, s, &rel, "release", "upload", "--bundle", bundle, "--targets", signed)
-	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel.ID)
-	waitVersion(t, s, f, "1.2.0")
+	rollOut(t, s, f, "1.2.0", key("targets-release-eng.key"), dave)
 
 	// The online rollout key leaks: the root holders replace it, and the
 	// server restarts with the new key and the new rollout root.
@@ -117,13 +125,7 @@ func TestOfflineReleaseApprovalAndKeyRotation(t *testing.T) {
 	runCLI(t, nil, "keys", "rotate", "--root", key("1.rollout-root.json"), "--role", "targets,snapshot,timestamp",
 		"--remove", "fleet-server", "--add", "fleet-server="+rollout2+".pub", "--key", key("root-alice.key"), "--key", key("root-carol.key"), "-o", rolloutRoot2)
 	s.restart(t, "AFTERCARE_ROLLOUT_KEY="+rollout2, "AFTERCARE_ROLLOUT_ROOT="+rolloutRoot2)
-	bundle = buildBundle(t, "1.3.0")
-	signed = filepath.Join(dir, "targets-1.3.0.json")
-	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--targets", currentTargets(t, s), "--key", key("targets-release-eng.key"), "-o", signed)
-	runCLI(t, nil, "release", "approve", "--targets", signed, "--key", dave)
-	cliJSON(t, s, &rel, "release", "upload", "--bundle", bundle, "--targets", signed)
-	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel.ID)
-	waitVersion(t, s, f, "1.3.0")
+	rollOut(t, s, f, "1.3.0", key("targets-release-eng.key"), dave)
 	for _, d := range f.devices {
 		for _, repo := range []string{"release", "rollout"} {
 			b, err := os.ReadFile(filepath.Join(f.dir, "devices", d.Serial, "tuf", repo, "trusted", "root.json"))

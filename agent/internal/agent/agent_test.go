@@ -230,18 +230,7 @@ func TestAttackSlowRetrievalImage(t *testing.T) {
 		if f != imageFile(m) {
 			return false
 		}
-		b := sim.Release.File(strings.TrimPrefix(imageFile(m), "release/"))
-		for i := range b {
-			if _, err := w.Write(b[i : i+1]); err != nil {
-				return true
-			}
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				return true
-			case <-time.After(20 * time.Millisecond): // the attacker's trickle
-			}
-		}
+		reposim.Trickle(w, r, sim.Release.File(strings.TrimPrefix(imageFile(m), "release/")), 20*time.Millisecond)
 		return true
 	})
 	// Short limits keep the test quick; the logic is that of the defaults.

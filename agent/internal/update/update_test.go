@@ -442,18 +442,7 @@ func TestAttackSlowRetrievalMetadata(t *testing.T) {
 		if f != "rollout/metadata/timestamp.json" {
 			return false
 		}
-		b := sim.Rollout.File("metadata/timestamp.json")
-		for i := range b {
-			if _, err := w.Write(b[i : i+1]); err != nil {
-				return true
-			}
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				return true
-			case <-time.After(20 * time.Millisecond): // the attacker's trickle
-			}
-		}
+		reposim.Trickle(w, r, sim.Rollout.File("metadata/timestamp.json"), 20*time.Millisecond)
 		return true
 	})
 	d := newDevice(t, sim)

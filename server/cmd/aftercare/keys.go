@@ -117,18 +117,18 @@ func (e *env) printInit(o signing.InitOptions, res *signing.InitResult, encrypt 
 	fmt.Fprintf(w, "Keep OFFLINE, each with its holder (an air-gapped machine, a hardware token or a safe; never on the server).\n")
 	fmt.Fprintf(w, "A new root needs %d of the %d root keys; a release needs %d of the %d release keys.\n", o.RootThreshold, len(o.RootHolders), o.TargetsThreshold, len(o.TargetsHolders))
 	for _, k := range res.Offline {
-		fmt.Fprintf(w, "  %-8s %-22s %s\n", k.Role, k.Holder, k.Path)
+		fmt.Fprintf(w, "  %-9s %-22s %s\n", k.Role, k.Holder, k.Path)
 	}
 	fmt.Fprintln(w, "\nGive to the fleet server (snapshot_key, timestamp_key, rollout_key; release_root, rollout_root):")
 	for _, k := range res.Online {
-		fmt.Fprintf(w, "  %-8s %s\n", k.Role, k.Path)
+		fmt.Fprintf(w, "  %-9s %s\n", k.Role, k.Path)
 	}
 	for _, p := range res.Server {
-		fmt.Fprintln(w, "  ", p)
+		fmt.Fprintf(w, "  %-9s %s\n", "metadata", p)
 	}
 	fmt.Fprintln(w, "\nBuild into every device image as its roots of trust (trusted_root, trusted_rollout_root):")
 	for _, p := range res.Devices {
-		fmt.Fprintln(w, "  ", p)
+		fmt.Fprintf(w, "  %-9s %s\n", "root", p)
 	}
 	fmt.Fprintln(w, "\nThe public keys (*.pub) may be copied anywhere.")
 	if !encrypt {
@@ -229,9 +229,9 @@ Examples:
   aftercare keys rotate --root 1.root.json --key ... -o 2.root.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cur, err := os.ReadFile(current)
+			cur, err := readFlagFile("root", current)
 			if err != nil {
-				return fmt.Errorf("--root: %w", err)
+				return err
 			}
 			opts := signing.RotateOptions{Current: cur, Roles: roles, Remove: remove, Threshold: threshold, Expires: time.Now().Add(expires)}
 			for _, a := range add {
@@ -277,6 +277,41 @@ Examples:
 	return cmd
 }
 
+// readFlagFile reads the file a flag names, saying which flag in an error.
+func readFlagFile(flag, path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	return b, nil
+}
+
+// cosign adds the signature of the key ref to the metadata file at path,
+// in place: another holder's approval of a release or a root.
+func (e *env) cosign(ctx context.Context, path, ref string, add func([]byte, signature.Signer) ([]byte, error)) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := e.loadKey(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	signed, err := add(b, s)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, signed, fi.Mode().Perm()); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(e.stdout, "signed %s\n", path)
+	return signed, nil
+}
+
 // writeNewFile writes a file that must not exist yet.
 func writeNewFile(path string, b []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
@@ -312,26 +347,14 @@ func keysSignRootCmd(e *env) *cobra.Command {
 		Short: "Add your root key's signature to a new root (offline) and show who is still missing",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			prev, err := os.ReadFile(previous)
-			if err != nil {
-				return fmt.Errorf("--previous: %w", err)
-			}
-			next, err := os.ReadFile(root)
-			if err != nil {
-				return fmt.Errorf("--root: %w", err)
-			}
-			s, err := e.loadKey(cmd.Context(), key)
+			prev, err := readFlagFile("previous", previous)
 			if err != nil {
 				return err
 			}
-			signed, err := signing.SignRoot(next, s)
+			signed, err := e.cosign(cmd.Context(), root, key, signing.SignRoot)
 			if err != nil {
 				return err
 			}
-			if err := replaceFile(root, signed); err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "signed %s\n", root)
 			return e.printRootStatus(prev, signed)
 		},
 	}
@@ -344,15 +367,6 @@ func keysSignRootCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// replaceFile rewrites an existing file.
-func replaceFile(path string, b []byte) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, b, fi.Mode().Perm())
-}
-
 func keysRootStatusCmd(e *env) *cobra.Command {
 	var previous, root string
 	cmd := &cobra.Command{
@@ -360,13 +374,13 @@ func keysRootStatusCmd(e *env) *cobra.Command {
 		Short: "Show who has signed a new root and who is still missing",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			prev, err := os.ReadFile(previous)
+			prev, err := readFlagFile("previous", previous)
 			if err != nil {
-				return fmt.Errorf("--previous: %w", err)
+				return err
 			}
-			next, err := os.ReadFile(root)
+			next, err := readFlagFile("root", root)
 			if err != nil {
-				return fmt.Errorf("--root: %w", err)
+				return err
 			}
 			return e.printRootStatus(prev, next)
 		},
@@ -393,15 +407,15 @@ file instead: set the key and release_root/rollout_root, restart the server.`,
 			if repo != "release" && repo != "rollout" {
 				return fmt.Errorf("--repository %q: it is release or rollout", repo)
 			}
-			r, err := os.ReadFile(root)
+			r, err := readFlagFile("root", root)
 			if err != nil {
-				return fmt.Errorf("--root: %w", err)
+				return err
 			}
 			body := map[string]json.RawMessage{"root": r}
 			if targets != "" {
-				t, err := os.ReadFile(targets)
+				t, err := readFlagFile("targets", targets)
 				if err != nil {
-					return fmt.Errorf("--targets: %w", err)
+					return err
 				}
 				body["targets"] = t
 			}

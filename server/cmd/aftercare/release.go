@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/spf13/cobra"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -182,9 +183,9 @@ upload it with the bundle.
 may go back to.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			current, err := os.ReadFile(o.Targets)
+			current, err := readFlagFile("targets", o.Targets)
 			if err != nil {
-				return fmt.Errorf("--targets: %w", err)
+				return err
 			}
 			signed, m, err := e.sign(cmd.Context(), o, current)
 			if err != nil {
@@ -273,25 +274,17 @@ targets metadata publishes, adds your signature without changing anything
 else, and shows who has signed and who is still missing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			signed, err := os.ReadFile(targets)
+			signed, err := readFlagFile("targets", targets)
 			if err != nil {
-				return fmt.Errorf("--targets: %w", err)
+				return err
 			}
 			if err := describeTargets(e.stdout, signed); err != nil {
 				return err
 			}
-			s, err := e.loadKey(cmd.Context(), key)
+			approved, err := e.cosign(cmd.Context(), targets, key, signing.Approve)
 			if err != nil {
 				return err
 			}
-			approved, err := signing.Approve(signed, s)
-			if err != nil {
-				return err
-			}
-			if err := replaceFile(targets, approved); err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "approved %s\n", targets)
 			return e.printTargetsStatus(root, approved)
 		},
 	}
@@ -310,9 +303,9 @@ func releaseStatusCmd(e *env) *cobra.Command {
 		Short: "Show what signed targets metadata publishes, who has signed it and who is missing",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			signed, err := os.ReadFile(targets)
+			signed, err := readFlagFile("targets", targets)
 			if err != nil {
-				return fmt.Errorf("--targets: %w", err)
+				return err
 			}
 			if err := describeTargets(e.stdout, signed); err != nil {
 				return err
@@ -340,27 +333,13 @@ what they run unless the release keys signed this flag for it. Approve it
 like a release, then upload it with 'aftercare release upload --targets'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			current, err := os.ReadFile(o.Targets)
-			if err != nil {
-				return fmt.Errorf("--targets: %w", err)
-			}
-			s, err := e.loadKey(cmd.Context(), o.Key)
-			if err != nil {
-				return err
-			}
-			signed, err := signing.SetRollback(signing.SetRollbackOptions{Current: current, Target: target, AllowRollback: !clear, Signer: s, Expires: time.Now().Add(o.Expires)})
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(o.Output, signed, 0o644); err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "signed allow_rollback=%t for %s into %s\n", !clear, target, o.Output)
-			return e.printTargetsStatus(o.Root, signed)
+			return e.signNext(cmd.Context(), o, fmt.Sprintf("allow_rollback=%t for %s", !clear, target), func(current []byte, s signature.Signer) ([]byte, error) {
+				return signing.SetRollback(signing.SetRollbackOptions{Current: current, Target: target, AllowRollback: !clear, Signer: s, Expires: time.Now().Add(o.Expires)})
+			})
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&target, "target", "", "target path of the published release, e.g. infusion-pump/1.0.0/image.img.zst (required)")
+	f.StringVar(&target, "target", "", "target path of the published release, e.g. infusion-pump/1.0.0/image.zst (required)")
 	f.BoolVar(&clear, "clear", false, "clear the flag instead of setting it")
 	targetsFlags(cmd, &o)
 	cmd.MarkFlagRequired("target")
@@ -374,27 +353,35 @@ func releaseResignCmd(e *env) *cobra.Command {
 		Short: "Sign the current targets again (offline): to extend their expiry, or with new release keys after a rotation",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			current, err := os.ReadFile(o.Targets)
-			if err != nil {
-				return fmt.Errorf("--targets: %w", err)
-			}
-			s, err := e.loadKey(cmd.Context(), o.Key)
-			if err != nil {
-				return err
-			}
-			signed, err := signing.Resign(current, s, time.Now().Add(o.Expires))
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(o.Output, signed, 0o644); err != nil {
-				return err
-			}
-			fmt.Fprintf(e.stdout, "signed the next targets version into %s\n", o.Output)
-			return e.printTargetsStatus(o.Root, signed)
+			return e.signNext(cmd.Context(), o, "the same targets", func(current []byte, s signature.Signer) ([]byte, error) {
+				return signing.Resign(current, s, time.Now().Add(o.Expires))
+			})
 		},
 	}
 	targetsFlags(cmd, &o)
 	return cmd
+}
+
+// signNext signs the next targets version made by next from the current
+// targets, writes it to o.Output and shows who has signed it.
+func (e *env) signNext(ctx context.Context, o signOptions, what string, next func([]byte, signature.Signer) ([]byte, error)) error {
+	current, err := readFlagFile("targets", o.Targets)
+	if err != nil {
+		return err
+	}
+	s, err := e.loadKey(ctx, o.Key)
+	if err != nil {
+		return err
+	}
+	signed, err := next(current, s)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(o.Output, signed, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "signed %s into %s\n", what, o.Output)
+	return e.printTargetsStatus(o.Root, signed)
 }
 
 // targetsFlags are the flags of commands that sign the next targets
@@ -417,9 +404,9 @@ func releaseUploadCmd(e *env) *cobra.Command {
 		Short: "Upload signed targets metadata, with the bundle it adds (or alone: a rollback flag, a re-sign)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			signed, err := os.ReadFile(targets)
+			signed, err := readFlagFile("targets", targets)
 			if err != nil {
-				return fmt.Errorf("--targets: %w", err)
+				return err
 			}
 			if bundle == "" {
 				return e.uploadTargets(cmd.Context(), signed)

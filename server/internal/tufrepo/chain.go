@@ -37,6 +37,20 @@ type chain struct {
 	timestamp *metadata.Metadata[metadata.TimestampType] // nil before the first publish
 }
 
+// defaultTiming fills in the default expiries and clock of either
+// repository's options.
+func defaultTiming(timestampExpiry, snapshotExpiry *time.Duration, now *func() time.Time) {
+	if *timestampExpiry <= 0 {
+		*timestampExpiry = 24 * time.Hour
+	}
+	if *snapshotExpiry <= 0 {
+		*snapshotExpiry = 7 * 24 * time.Hour
+	}
+	if *now == nil {
+		*now = time.Now
+	}
+}
+
 // loadLocked reads the newest root, snapshot and timestamp from disk.
 func (c *chain) loadLocked() error {
 	root, err := latestVersioned[metadata.RootType](c.dir, metadata.ROOT)

@@ -94,15 +94,7 @@ func (o *Options) setDefaults() error {
 	if o.Log == nil {
 		errs = append(errs, errors.New("tufrepo: Log is required"))
 	}
-	if o.TimestampExpiry <= 0 {
-		o.TimestampExpiry = 24 * time.Hour
-	}
-	if o.SnapshotExpiry <= 0 {
-		o.SnapshotExpiry = 7 * 24 * time.Hour
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
+	defaultTiming(&o.TimestampExpiry, &o.SnapshotExpiry, &o.Now)
 	return errors.Join(errs...)
 }
 

@@ -87,15 +87,7 @@ func (o *RolloutOptions) setDefaults() error {
 	if o.BinBits < 0 || o.BinBits > MaxBinBits {
 		errs = append(errs, fmt.Errorf("tufrepo: rollout bin bits %d must be between 0 and %d", o.BinBits, MaxBinBits))
 	}
-	if o.TimestampExpiry <= 0 {
-		o.TimestampExpiry = 24 * time.Hour
-	}
-	if o.SnapshotExpiry <= 0 {
-		o.SnapshotExpiry = 7 * 24 * time.Hour
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
+	defaultTiming(&o.TimestampExpiry, &o.SnapshotExpiry, &o.Now)
 	return errors.Join(errs...)
 }
 

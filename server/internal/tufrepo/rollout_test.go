@@ -172,6 +172,13 @@ func (c *countingFetcher) DownloadFile(url string, maxLength int64, _ time.Durat
 // device would, and returns the device's entry (nil when it has none).
 func lookup(t testing.TB, url string, root []byte, cache, deviceID string, fetch *countingFetcher) *metadata.TargetFiles {
 	t.Helper()
+	return lookupPath(t, url, root, cache, protocol.AssignmentPath(deviceID), fetch)
+}
+
+// lookupPath refreshes a repository with a real go-tuf client and returns
+// the entry of a target path, or nil when no role lists it.
+func lookupPath(t testing.TB, url string, root []byte, cache, targetPath string, fetch *countingFetcher) *metadata.TargetFiles {
+	t.Helper()
 	cfg, err := config.New(url+"/metadata", root)
 	if err != nil {
 		t.Fatal(err)
@@ -184,14 +191,14 @@ func lookup(t testing.TB, url string, root []byte, cache, deviceID string, fetch
 		t.Fatal(err)
 	}
 	if err := up.Refresh(); err != nil {
-		t.Fatalf("refresh of the rollout repository: %v", err)
+		t.Fatalf("refresh of the repository: %v", err)
 	}
-	tf, err := up.GetTargetInfo(protocol.AssignmentPath(deviceID))
+	tf, err := up.GetTargetInfo(targetPath)
 	if err != nil {
 		if strings.Contains(err.Error(), "not found") {
 			return nil
 		}
-		t.Fatalf("GetTargetInfo(%s): %v", deviceID, err)
+		t.Fatalf("GetTargetInfo(%s): %v", targetPath, err)
 	}
 	return tf
 }

@@ -14,8 +14,6 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
-	"github.com/theupdateframework/go-tuf/v2/metadata/config"
-	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/server/internal/problem"
@@ -221,14 +219,8 @@ func TestReleaseRootRotationOfReleaseKeys(t *testing.T) {
 	// the targets dave signed.
 	srv := httptest.NewServer(http.FileServer(http.Dir(f.opts.Dir)))
 	defer srv.Close()
-	cfg, _ := config.New(srv.URL+"/metadata", f.root(t))
-	cfg.LocalMetadataDir, cfg.LocalTargetsDir, cfg.Fetcher = t.TempDir(), t.TempDir(), &countingFetcher{}
-	up, _ := updater.New(cfg)
-	if err := up.Refresh(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := up.GetTargetInfo(f.targets["1.1.0"]); err != nil {
-		t.Fatalf("release not found after the rotation: %v", err)
+	if tf := lookupPath(t, srv.URL, f.root(t), t.TempDir(), f.targets["1.1.0"], &countingFetcher{}); tf == nil {
+		t.Fatal("release not found after the rotation")
 	}
 }
 

@@ -430,6 +430,23 @@ func (s *Sim) RotateRoot(r *Repo, o RotateOptions) {
 	r.signRoot(signers...)
 }
 
+// Trickle answers a request with b one byte at a time, a pause between
+// bytes, until the client gives up: a slow retrieval attack. It is meant
+// for a TamperFunc.
+func Trickle(w http.ResponseWriter, r *http.Request, b []byte, pause time.Duration) {
+	for i := range b {
+		if _, err := w.Write(b[i : i+1]); err != nil {
+			return
+		}
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(pause):
+		}
+	}
+}
+
 // Requests returns how often a file (below /tuf/, e.g.
 // "rollout/metadata/timestamp.json") was requested.
 func (s *Sim) Requests(file string) int {
