@@ -92,3 +92,37 @@ func FuzzParseHint(f *testing.F) {
 		protocol.ParseHint(b)
 	})
 }
+
+func TestParseAssignmentCustom(t *testing.T) {
+	for name, wantOK := range map[string]bool{"valid.json": true, "topic-characters-in-rollout-id.json": false, "unknown-field.json": false} {
+		b, err := os.ReadFile(filepath.Join("testdata/assignment", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := protocol.ParseAssignmentCustom(b); (err == nil) != wantOK {
+			t.Errorf("ParseAssignmentCustom(%s) = %v, want ok=%t", name, err, wantOK)
+		}
+	}
+}
+
+func FuzzParseAssignmentCustom(f *testing.F) {
+	names, _ := filepath.Glob("testdata/assignment/*.json")
+	for _, n := range names {
+		b, _ := os.ReadFile(n)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, err := protocol.ParseAssignmentCustom(b)
+		if err != nil {
+			return
+		}
+		again, err := json.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, err := protocol.ParseAssignmentCustom(again)
+		if err != nil || !reflect.DeepEqual(a, a2) {
+			t.Fatalf("round trip changed the assignment: %v", err)
+		}
+	})
+}

@@ -240,14 +240,16 @@ func (a *Agent) report(state protocol.State, target, version, reason string) {
 func (a *Agent) check(ctx context.Context) error {
 	asg, err := a.updater.Assignment(ctx)
 	if err != nil {
-		return a.refuseOrRetry(ctx, "", "", "", err)
-	}
-	if a.problem != "" {
-		// Whatever was refused before has cleared.
-		a.problem = ""
-		a.report(protocol.StateIdle, "", "", "")
+		// A refusal names the assigned target when it got that far.
+		var ve *update.VerifyError
+		target := ""
+		if errors.As(err, &ve) {
+			target = ve.Target
+		}
+		return a.refuseOrRetry(ctx, "", target, "", err)
 	}
 	if asg == nil {
+		a.settled()
 		return nil
 	}
 	t := asg.Target
@@ -256,12 +258,14 @@ func (a *Agent) check(ctx context.Context) error {
 		return err
 	}
 	if t.Manifest.Version == running.Version || a.state.refused(asg.RolloutID, t.Path) {
+		a.settled()
 		return nil
 	}
 	if err := update.Check(t, a.opts.Model, a.opts.HardwareRevision, running.Version); err != nil {
 		return a.refuseOrRetry(ctx, asg.RolloutID, t.Path, t.Manifest.Version, err)
 	}
 	job := install.Job{RolloutID: asg.RolloutID, Target: t.Path, Version: t.Manifest.Version, Image: t.Manifest.Image}
+	a.problem = "" // the download report below says where the device stands
 	a.report(protocol.StateDownloading, job.Target, job.Version, "")
 	body, err := a.download(ctx, t)
 	if err != nil {
@@ -279,6 +283,15 @@ func (a *Agent) check(ctx context.Context) error {
 	}
 	a.report(protocol.StateInstalled, job.Target, job.Version, "")
 	return ErrReboot
+}
+
+// settled reports idle once a problem reported earlier has cleared and the
+// device has nothing to do.
+func (a *Agent) settled() {
+	if a.problem != "" {
+		a.problem = ""
+		a.report(protocol.StateIdle, "", "", "")
+	}
 }
 
 // securityCode tells whether err is a security event, and its code: a

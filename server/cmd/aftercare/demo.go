@@ -143,7 +143,7 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 	if err := c.postJSON(ctx, "/api/v1/rollouts", map[string]any{"release_id": rel.ID}, &rollout); err != nil {
 		return err
 	}
-	say("rollout %s: %d devices assigned in the rollout repository (signed online, one hash bin per device group), hinted over MQTT", rollout.ID, len(rollout.Devices))
+	say("rollout %s: %d devices assigned in the rollout repository (signed online; each device fetches only its hash bin), hinted over MQTT", rollout.ID, len(rollout.Devices))
 
 	if err := e.watchRollout(ctx, c, len(devices), o.Failing, say); err != nil {
 		return err
