@@ -1,8 +1,8 @@
 // Package agent is the device agent's main loop: it finishes an install
 // across a reboot, then checks for an assignment at start, on every MQTT
-// hint and on a jittered poll timer, and installs it when the release
-// repository vouches for it. Every state change goes to the on-disk outbox
-// and from there to the server.
+// hint and on a jittered poll timer, and installs it when the rollout and
+// release repositories vouch for it. Every state change goes to the on-disk
+// outbox and from there to the server.
 //
 // A check goes: rollout repository refresh and this device's entry, release
 // repository refresh and the same image signed there (update) -> device
@@ -78,7 +78,7 @@ type Agent struct {
 	problem string
 }
 
-// New prepares an agent: installer, release repository client and outbox.
+// New prepares an agent: installer, the repositories' client and outbox.
 func New(opts Options) (*Agent, error) {
 	if opts.ServerURL == "" || opts.Identity.DeviceID == "" || opts.Model == "" || opts.FactoryVersion == "" ||
 		len(opts.BootstrapRoot) == 0 || len(opts.RolloutRoot) == 0 || opts.StateDir == "" || opts.Boot == nil || opts.HTTP == nil || opts.Log == nil {
