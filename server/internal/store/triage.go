@@ -35,23 +35,43 @@ type Notification struct {
 	SentAt    time.Time `json:"sent_at,omitzero"`
 }
 
+// Outcomes of OpenTriage.
+const (
+	TriageOpened    = "opened"
+	TriageEscalated = "escalated" // an open item got a shorter deadline
+)
+
 // OpenTriage opens item unless the product already has an item for the
-// vulnerability, and queues its notifications, in one transaction. It
-// reports whether it opened one.
-func (s *Store) OpenTriage(ctx context.Context, item TriageItem, notes []Notification) (bool, error) {
-	opened := false
+// vulnerability; an open item whose deadline item.DueAt shortens is
+// escalated to item's reasons and deadline. Either way the notifications
+// are queued, in the same transaction. It returns TriageOpened,
+// TriageEscalated or "" (nothing changed).
+func (s *Store) OpenTriage(ctx context.Context, item TriageItem, notes []Notification) (string, error) {
+	outcome := ""
 	err := s.tx(ctx, func(q *txq) error {
-		var n int
-		if err := q.queryRow(ctx, `SELECT COUNT(*) FROM triage_items WHERE product = ? AND vuln_id = ?`, item.Product, item.VulnID).Scan(&n); err != nil {
+		outcome = ""
+		var due string
+		var closed sql.NullString
+		err := q.queryRow(ctx, `SELECT due_at, closed_at FROM triage_items WHERE product = ? AND vuln_id = ?`, item.Product, item.VulnID).Scan(&due, &closed)
+		switch {
+		case err == sql.ErrNoRows:
+			if _, err := q.exec(ctx, `INSERT INTO triage_items (id, product, vuln_id, severity, kev, epss, reasons, releases, opened_at, due_at, closed_by)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')`, item.ID, item.Product, item.VulnID, item.Severity, boolInt(item.KEV), item.EPSS,
+				jsonText(nonNilStrings(item.Reasons)), jsonText(nonNilStrings(item.Releases)), formatTime(item.OpenedAt), formatTime(item.DueAt)); err != nil {
+				return err
+			}
+			outcome = TriageOpened
+		case err != nil:
 			return err
-		}
-		if n > 0 {
+		case closed.Valid || !item.DueAt.Before(parseTime(due)):
 			return nil
-		}
-		if _, err := q.exec(ctx, `INSERT INTO triage_items (id, product, vuln_id, severity, kev, epss, reasons, releases, opened_at, due_at, closed_by)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')`, item.ID, item.Product, item.VulnID, item.Severity, boolInt(item.KEV), item.EPSS,
-			jsonText(nonNilStrings(item.Reasons)), jsonText(nonNilStrings(item.Releases)), formatTime(item.OpenedAt), formatTime(item.DueAt)); err != nil {
-			return err
+		default:
+			if _, err := q.exec(ctx, `UPDATE triage_items SET severity = ?, kev = ?, epss = ?, reasons = ?, releases = ?, due_at = ? WHERE product = ? AND vuln_id = ?`,
+				item.Severity, boolInt(item.KEV), item.EPSS, jsonText(nonNilStrings(item.Reasons)), jsonText(nonNilStrings(item.Releases)),
+				formatTime(item.DueAt), item.Product, item.VulnID); err != nil {
+				return err
+			}
+			outcome = TriageEscalated
 		}
 		for _, nt := range notes {
 			if _, err := q.exec(ctx, `INSERT INTO notifications (id, channel, subject, body, attempts, last_error, created_at) VALUES (?, ?, ?, ?, 0, '', ?)`,
@@ -59,10 +79,9 @@ func (s *Store) OpenTriage(ctx context.Context, item TriageItem, notes []Notific
 				return err
 			}
 		}
-		opened = true
 		return nil
 	})
-	return opened, err
+	return outcome, err
 }
 
 // CloseTriage closes the open item of a product's vulnerability, if any.

@@ -148,18 +148,24 @@ func TestFindingsDispositionsTriage(t *testing.T) {
 
 		item := store.TriageItem{ID: "t1", Product: "pump", VulnID: "CVE-3", KEV: true, Reasons: []string{"kev"}, Releases: []string{"r1"}, OpenedAt: t0, DueAt: t0.Add(48 * time.Hour)}
 		note := store.Notification{ID: "n1", Channel: "webhook", Subject: "s", Body: "{}", CreatedAt: t0}
-		for i, want := range []bool{true, false} {
+		for i, step := range []struct {
+			due  time.Duration
+			want string
+		}{{7 * 24 * time.Hour, store.TriageOpened}, {7 * 24 * time.Hour, ""}, {48 * time.Hour, store.TriageEscalated}, {72 * time.Hour, ""}} {
 			item.ID, note.ID = fmt.Sprint("t", i), fmt.Sprint("n", i)
-			opened, err := s.OpenTriage(ctx, item, []store.Notification{note})
-			if err != nil || opened != want {
-				t.Fatalf("OpenTriage #%d = %v, %v; want %v", i+1, opened, err, want)
+			item.DueAt = t0.Add(step.due)
+			got, err := s.OpenTriage(ctx, item, []store.Notification{note})
+			if err != nil || got != step.want {
+				t.Fatalf("OpenTriage #%d (due in %s) = %q, %v; want %q", i+1, step.due, got, err, step.want)
 			}
 		}
 		pending, _ := s.PendingNotifications(ctx, 10)
-		if len(pending) != 1 {
-			t.Fatalf("PendingNotifications() = %d, want 1 (the second triage item was not opened)", len(pending))
+		if len(pending) != 2 {
+			t.Fatalf("PendingNotifications() = %d, want 2 (opened, escalated)", len(pending))
 		}
-		s.MarkNotification(ctx, pending[0].ID, true, "", t0)
+		for _, p := range pending {
+			s.MarkNotification(ctx, p.ID, true, "", t0)
+		}
 		if pending, _ := s.PendingNotifications(ctx, 10); len(pending) != 0 {
 			t.Errorf("PendingNotifications() after sending = %d", len(pending))
 		}
@@ -167,7 +173,7 @@ func TestFindingsDispositionsTriage(t *testing.T) {
 			t.Fatal(err)
 		}
 		items, _ := s.TriageItems(ctx, nil, false)
-		if len(items) != 1 || items[0].ClosedAt.IsZero() || !items[0].KEV || items[0].Releases[0] != "r1" {
+		if len(items) != 1 || items[0].ClosedAt.IsZero() || !items[0].KEV || items[0].Releases[0] != "r1" || !items[0].DueAt.Equal(t0.Add(48*time.Hour)) {
 			t.Errorf("TriageItems() = %+v", items)
 		}
 		if open, _ := s.TriageItems(ctx, nil, true); len(open) != 0 {

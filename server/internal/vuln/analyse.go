@@ -26,7 +26,7 @@ type AnalysisResult struct {
 	Findings     int           `json:"findings"`
 	Open         int           `json:"open"` // without backport or supplier evidence
 	New          int           `json:"new"`
-	TriageOpened int           `json:"triage_opened"`
+	TriageOpened int           `json:"triage_opened"` // opened or escalated
 	Notes        []string      `json:"notes,omitempty"` // rules that could not be evaluated
 	Duration     time.Duration `json:"duration_ns"`
 }
@@ -278,13 +278,13 @@ func (s *Service) openTriage(ctx context.Context) (int, error) {
 			ID: uuid.NewString(), Product: g.product, VulnID: g.vuln, Severity: g.severity, KEV: inKEV, EPSS: score,
 			Reasons: reasons, Releases: g.releases, OpenedAt: now, DueAt: now.Add(sla),
 		}
-		ok, err := s.opts.Store.OpenTriage(ctx, item, s.notificationsFor(item, g.summary, rels))
+		outcome, err := s.opts.Store.OpenTriage(ctx, item, s.notificationsFor(item, g.summary, rels))
 		if err != nil {
 			return opened, err
 		}
-		if ok {
+		if outcome != "" {
 			opened++
-			s.opts.Log.Info("triage item opened", "product", g.product, "vuln_id", g.vuln, "reasons", strings.Join(reasons, ","), "due_at", item.DueAt)
+			s.opts.Log.Info("triage item updated", "outcome", outcome, "product", g.product, "vuln_id", g.vuln, "reasons", strings.Join(reasons, ","), "due_at", item.DueAt)
 		}
 	}
 	return opened, nil

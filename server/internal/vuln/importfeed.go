@@ -38,8 +38,19 @@ func (s *Service) Import(ctx context.Context, scope Scope, kind string, b []byte
 	if err := scope.requireAll("importing feeds"); err != nil {
 		return ImportResult{}, err
 	}
+	f, err := s.importOnly(ctx, kind, b, src)
+	if err != nil {
+		return ImportResult{}, err
+	}
+	res := ImportResult{Feed: f}
+	res.Analysis, err = s.Analyse(ctx, nil)
+	return res, err
+}
+
+// importOnly stores a feed file without analysing.
+func (s *Service) importOnly(ctx context.Context, kind string, b []byte, src Source) (store.Feed, error) {
 	if !slices.Contains(feed.Kinds, kind) {
-		return ImportResult{}, problem.Invalid(fmt.Sprintf("feed kind %q: must be one of %s", kind, strings.Join(feed.Kinds, ", ")))
+		return store.Feed{}, problem.Invalid(fmt.Sprintf("feed kind %q: must be one of %s", kind, strings.Join(feed.Kinds, ", ")))
 	}
 	if src.Feed == "" {
 		src.Feed = kind
@@ -49,15 +60,12 @@ func (s *Service) Import(ctx context.Context, scope Scope, kind string, b []byte
 	if err := s.store(ctx, kind, b, &f); err != nil {
 		var inv *feed.InvalidError
 		if errors.As(err, &inv) {
-			return ImportResult{}, problem.Invalid(inv.Error())
+			return store.Feed{}, problem.Invalid(inv.Error())
 		}
-		return ImportResult{}, err
+		return store.Feed{}, err
 	}
 	s.opts.Log.Info("feed imported", "feed", f.Name, "kind", kind, "source", f.Source, "records", f.Records)
-	res := ImportResult{Feed: f}
-	var err error
-	res.Analysis, err = s.Analyse(ctx, nil)
-	return res, err
+	return f, nil
 }
 
 // store parses b and stores it, filling f's record count and version.

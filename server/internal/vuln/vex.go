@@ -38,6 +38,7 @@ type vexStatement struct {
 	justification vex.Justification
 	impact        string // not_affected: why
 	action        string // affected: what to do
+	notes         string // fixed: how
 	components    []store.Finding
 	severity      string
 	cvss          float64
@@ -86,7 +87,7 @@ func (s *Service) releaseStatements(ctx context.Context, rel store.Release) ([]v
 			st.fromDisposition(d, rel)
 		case allPatched:
 			st.status = vex.StatusFixed
-			st.impact = strings.Join(evidence, "; ")
+			st.notes = strings.Join(evidence, "; ")
 		default:
 			st.status = vex.StatusUnderInvestigation
 		}
@@ -107,7 +108,7 @@ func (st *vexStatement) fromDisposition(d *store.Disposition, rel store.Release)
 		st.status, st.action = vex.StatusAffected, strings.TrimSpace(fmt.Sprintf("Update to %s %s when it is released. %s", rel.Product, d.TargetRelease, d.Detail))
 	case StatusFixed:
 		if firmware.CompareVersions(rel.Version, d.FixedRelease) >= 0 {
-			st.status, st.impact = vex.StatusFixed, d.Detail
+			st.status, st.notes = vex.StatusFixed, d.Detail
 		} else {
 			st.status, st.action = vex.StatusAffected, strings.TrimSpace(fmt.Sprintf("Update to %s %s. %s", rel.Product, d.FixedRelease, d.Detail))
 		}
@@ -161,7 +162,7 @@ func (s *Service) openVEX(rel store.Release, productID string, sts []vexStatemen
 		stmt := vex.Statement{
 			Vulnerability: vex.Vulnerability{Name: vex.VulnerabilityID(st.vulnID)},
 			Products:      []vex.Product{p}, Status: st.status, Justification: st.justification,
-			ImpactStatement: st.impact, ActionStatement: st.action,
+			ImpactStatement: st.impact, ActionStatement: st.action, StatusNotes: st.notes,
 		}
 		if stmt.Status == vex.StatusNotAffected && stmt.Justification == "" && stmt.ImpactStatement == "" {
 			stmt.ImpactStatement = "not affected"
@@ -204,7 +205,7 @@ func (s *Service) cycloneDXVEX(rel store.Release, productID string, sts []vexSta
 	var vulns []cdx.Vulnerability
 	refs := map[string]bool{}
 	for _, st := range sts {
-		v := cdx.Vulnerability{ID: st.vulnID, Analysis: &cdx.VulnerabilityAnalysis{Detail: strings.TrimSpace(st.impact + " " + st.action)}}
+		v := cdx.Vulnerability{ID: st.vulnID, Analysis: &cdx.VulnerabilityAnalysis{Detail: strings.TrimSpace(strings.Join([]string{st.impact, st.action, st.notes}, " "))}}
 		if strings.HasPrefix(st.vulnID, "CVE-") {
 			v.Source = &cdx.Source{Name: "NVD", URL: "https://nvd.nist.gov/vuln/detail/" + st.vulnID}
 		}

@@ -75,6 +75,9 @@ func ReadNVD(name string, b []byte, lim Limits) ([]Advisory, error) {
 		if len(*probe.Vulnerabilities) > lim.MaxRecords {
 			return nil, invalidf(KindNVD, "%s: %d records; at most %d are allowed", name, len(*probe.Vulnerabilities), lim.MaxRecords)
 		}
+		if vs := *probe.Vulnerabilities; len(vs) > 0 && len(vs[0].CVE) == 0 {
+			return nil, invalidf(KindNVD, `%s: vulnerabilities[0] has no "cve" object; is this an NVD CVE API 2.0 file?`, name)
+		}
 		for i, v := range *probe.Vulnerabilities {
 			where := fmt.Sprintf("%s: vulnerabilities[%d].cve", name, i)
 			if len(v.CVE) == 0 {
