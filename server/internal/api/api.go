@@ -11,6 +11,7 @@
 package api
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
+	"github.com/aftercare/aftercare/server/internal/vuln"
 )
 
 // Options configures the HTTP handler.
@@ -38,6 +40,10 @@ type Options struct {
 	AdminToken     string           // required
 	MaxBundleBytes int64            // largest accepted release bundle
 	Log            *slog.Logger     // required
+	Vuln           *vuln.Service    // required
+	// FeedSync runs one feed sync for POST /api/v1/vuln/feeds/sync.
+	FeedSync     func(ctx context.Context) (vuln.SyncResult, error)
+	MaxFeedBytes int64 // largest accepted feed file
 }
 
 // maxJSONBytes bounds every JSON request body.
@@ -45,8 +51,8 @@ const maxJSONBytes = 64 << 10 // 64 KiB
 
 // New returns the server's HTTP handler.
 func New(opts Options) (http.Handler, error) {
-	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.RepoDir == "" || opts.AdminToken == "" || opts.Log == nil {
-		return nil, errors.New("api: Fleet, Releases, Repo, RepoDir, AdminToken and Log are required")
+	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.RepoDir == "" || opts.AdminToken == "" || opts.Log == nil || opts.Vuln == nil {
+		return nil, errors.New("api: Fleet, Releases, Repo, RepoDir, AdminToken, Log and Vuln are required")
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -77,6 +83,7 @@ func New(opts Options) (http.Handler, error) {
 	admin.GET("/releases/:id", h.getRelease)
 	admin.GET("/repository/targets", h.currentTargets)
 	admin.POST("/rollouts", h.createRollout)
+	h.vulnRoutes(admin)
 	return e, nil
 }
 

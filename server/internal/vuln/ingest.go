@@ -67,20 +67,20 @@ func (s *Service) IngestSBOM(ctx context.Context, rel store.Release, b []byte) (
 // IngestPending ingests the SBOM of every release that has no SBOM record
 // yet: releases published before vulnerability monitoring, or whose ingest
 // was interrupted. A release without an SBOM is recorded as such.
-func (s *Service) IngestPending(ctx context.Context) error {
+func (s *Service) IngestPending(ctx context.Context, sboms SBOMOpener) error {
 	rels, err := s.opts.Store.ReleasesWithoutSBOMRecord(ctx)
 	if err != nil {
 		return err
 	}
 	for _, rel := range rels {
-		if rel.Manifest.SBOM == nil || s.opts.SBOMs == nil {
+		if rel.Manifest.SBOM == nil {
 			rec := store.ReleaseSBOM{ReleaseID: rel.ID, Error: "the release carries no SBOM", IngestedAt: s.now()}
 			if err := s.opts.Store.PutReleaseSBOM(ctx, rec, rel.Manifest.Models, nil); err != nil {
 				return err
 			}
 			continue
 		}
-		b, err := s.readSBOM(rel)
+		b, err := s.readSBOM(sboms, rel)
 		if err != nil {
 			return fmt.Errorf("release %s: %w", rel.ID, err)
 		}
@@ -93,8 +93,8 @@ func (s *Service) IngestPending(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) readSBOM(rel store.Release) ([]byte, error) {
-	f, err := s.opts.SBOMs.SBOM(rel)
+func (s *Service) readSBOM(sboms SBOMOpener, rel store.Release) ([]byte, error) {
+	f, err := sboms.SBOM(rel)
 	if err != nil {
 		return nil, err
 	}

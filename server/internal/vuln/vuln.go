@@ -82,8 +82,6 @@ type SBOMOpener interface {
 type Options struct {
 	Store *store.Store // required
 	Log   *slog.Logger // required
-	// SBOMs opens release SBOMs for IngestPending; nil skips them.
-	SBOMs      SBOMOpener
 	SBOMLimits sbom.Limits
 	FeedLimits feed.Limits
 	Policy     triage.Policy // zero: triage.DefaultPolicy()
