@@ -3,13 +3,17 @@ GO      ?= go
 BIN     ?= bin
 TIMEOUT ?= 30m
 
-.PHONY: all build demo test vet bench fuzz clean
+.PHONY: all build demo test vet bench fuzz clean sbom
 
 all: build
 
 ## build: the server, the CLI, the agent and the fleet simulator into ./bin
 build:
 	$(GO) build -o $(BIN)/ ./server/cmd/aftercare-server ./server/cmd/aftercare ./agent/cmd/aftercare-agent ./agent/cmd/aftercare-sim
+
+## sbom: a CycloneDX SBOM of the agent binary from its Go build information (bin/aftercare-agent.cdx.json)
+sbom: build
+	./$(BIN)/aftercare sbom go-binary $(BIN)/aftercare-agent --name aftercare-agent -o $(BIN)/aftercare-agent.cdx.json
 
 ## demo: server + embedded broker + SQLite + simulated devices in two sites, a signed release rolled out
 demo: build
@@ -33,6 +37,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpenBundle -fuzztime $(FUZZTIME) ./firmware
 	$(GO) test -run '^$$' -fuzz FuzzParseStateReport -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParseHint -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./server/internal/sbom
+	$(GO) test -run '^$$' -fuzz FuzzReadOSV -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
+	$(GO) test -run '^$$' -fuzz FuzzReadNVD -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
+	$(GO) test -run '^$$' -fuzz FuzzReadKEV -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
+	$(GO) test -run '^$$' -fuzz FuzzReadEPSS -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
 
 clean:
 	rm -rf $(BIN) aftercare-demo

@@ -299,13 +299,23 @@ func runSim(t *testing.T, s *server, f *fleet, brokerURL string, poll time.Durat
 // release through the CLI, and returns its ID.
 func publish(t *testing.T, s *server, version string) string {
 	t.Helper()
+	return publishWithSBOM(t, s, version, "")
+}
+
+// publishWithSBOM is publish with the release's SBOM file ("" for none).
+func publishWithSBOM(t *testing.T, s *server, version, sbom string) string {
+	t.Helper()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "firmware.img")
 	raw := make([]byte, 2<<20)
 	rand.Read(raw[:1<<20]) // half noise, half zeros: compressible like firmware
 	os.WriteFile(img, raw, 0o644)
 	bundle := filepath.Join(dir, "bundle.tar")
-	runCLI(t, nil, "release", "build", "--image", img, "--product", "infusion-pump", "--version", version, "--model", "pump-x1", "-o", bundle)
+	build := []string{"release", "build", "--image", img, "--product", "infusion-pump", "--version", version, "--model", "pump-x1", "-o", bundle}
+	if sbom != "" {
+		build = append(build, "--sbom", sbom)
+	}
+	runCLI(t, nil, build...)
 	signed := filepath.Join(dir, "targets.json")
 	current := filepath.Join(dir, "current.json")
 	// Offline signing: fetch the current targets metadata, sign on a
