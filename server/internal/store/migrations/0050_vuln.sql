@@ -35,7 +35,7 @@ CREATE TABLE release_models (
     PRIMARY KEY (release_id, model)
 );
 CREATE INDEX release_models_model ON release_models (model);
-CREATE INDEX devices_model_version ON devices (model, installed_version);
+CREATE INDEX devices_model_version ON devices (model, installed_version, site_id);
 
 -- Advisories from OSV and NVD, whole, with the keys and CVEs they are
 -- found by.
