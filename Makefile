@@ -27,8 +27,12 @@ vet:
 	$(GO) vet ./...
 
 ## bench: benchmarks; each reports its figures as ratios against a baseline measured in the same run
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+## (the vulnerability benchmarks compare with osv-scanner, built from tools/osv-scanner, pinned there)
+bench: $(BIN)/osv-scanner
+	OSV_SCANNER=$(CURDIR)/$(BIN)/osv-scanner $(GO) test -run '^$$' -bench . -benchmem ./...
+
+$(BIN)/osv-scanner: tools/osv-scanner/go.mod
+	cd tools/osv-scanner && $(GO) build -o $(CURDIR)/$(BIN)/osv-scanner github.com/google/osv-scanner/v2/cmd/osv-scanner
 
 ## fuzz: run each fuzz target briefly (FUZZTIME=30s by default)
 FUZZTIME ?= 30s

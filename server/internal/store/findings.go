@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -46,50 +48,99 @@ func boolInt(b bool) int {
 }
 
 // ReplaceFindings makes fs the findings of a release in one transaction:
-// findings no longer matched are removed, kept ones keep their first_seen,
-// new ones get now. It returns the new ones.
+// findings no longer matched are removed, kept ones keep their first_seen
+// (and are rewritten only when their content changed), new ones get now.
+// It returns the new ones.
 func (s *Store) ReplaceFindings(ctx context.Context, releaseID string, fs []Finding, now time.Time) ([]Finding, error) {
 	var added []Finding
 	err := s.tx(ctx, func(q *txq) error {
 		added = nil
-		old := map[string]time.Time{}
-		rows, err := q.query(ctx, `SELECT component_idx, vuln_id, first_seen FROM findings WHERE release_id = ?`, releaseID)
+		type prev struct {
+			idx    int
+			vuln   string
+			digest string
+			first  time.Time
+		}
+		old := map[string]prev{}
+		rows, err := q.query(ctx, `SELECT component_idx, vuln_id, digest, first_seen FROM findings WHERE release_id = ?`, releaseID)
 		if err != nil {
 			return err
 		}
 		for rows.Next() {
 			f := Finding{ReleaseID: releaseID}
+			var p prev
 			var first string
-			if err := rows.Scan(&f.ComponentIndex, &f.VulnID, &first); err != nil {
+			if err := rows.Scan(&f.ComponentIndex, &f.VulnID, &p.digest, &first); err != nil {
 				rows.Close()
 				return err
 			}
-			old[f.key()] = parseTime(first)
+			p.idx, p.vuln, p.first = f.ComponentIndex, f.VulnID, parseTime(first)
+			old[f.key()] = p
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		if _, err := q.exec(ctx, `DELETE FROM findings WHERE release_id = ?`, releaseID); err != nil {
-			return err
-		}
-		insert := make([][]any, 0, len(fs))
+		var insert [][]any
 		for _, f := range fs {
 			f.ReleaseID = releaseID
-			if first, ok := old[f.key()]; ok {
-				f.FirstSeen = first
-			} else {
+			content := []any{jsonText(nonNilStrings(f.Advisories)), jsonText(nonNilRules(f.Rules)), jsonText(nonNilRules(f.Evidence)),
+				f.Summary, f.Severity, f.CVSS, boolInt(f.Patched)}
+			sum := sha256.Sum256([]byte(fmt.Sprint(f.ComponentName, "\x00", f.ComponentVersion, "\x00", f.PURL, "\x00", content)))
+			digest := hex.EncodeToString(sum[:16])
+			p, existed := old[f.key()]
+			delete(old, f.key())
+			switch {
+			case existed && p.digest == digest:
+				continue
+			case existed:
+				if _, err := q.exec(ctx, `DELETE FROM findings WHERE release_id = ? AND component_idx = ? AND vuln_id = ?`, releaseID, f.ComponentIndex, f.VulnID); err != nil {
+					return err
+				}
+				f.FirstSeen = p.first
+			default:
 				f.FirstSeen = now
 				added = append(added, f)
 			}
-			insert = append(insert, []any{f.ReleaseID, f.ComponentIndex, f.VulnID, f.ComponentName, f.ComponentVersion, f.PURL,
-				jsonText(nonNilStrings(f.Advisories)), jsonText(nonNilRules(f.Rules)), jsonText(nonNilRules(f.Evidence)),
-				f.Summary, f.Severity, f.CVSS, boolInt(f.Patched), formatTime(f.FirstSeen)})
+			insert = append(insert, append([]any{f.ReleaseID, f.ComponentIndex, f.VulnID, f.ComponentName, f.ComponentVersion, f.PURL},
+				append(content, formatTime(f.FirstSeen), digest)...))
+		}
+		for _, p := range old {
+			if _, err := q.exec(ctx, `DELETE FROM findings WHERE release_id = ? AND component_idx = ? AND vuln_id = ?`, releaseID, p.idx, p.vuln); err != nil {
+				return err
+			}
 		}
 		return q.insertRows(ctx, `INSERT INTO findings (release_id, component_idx, vuln_id, component_name, component_version, purl,
-			advisories, rules, evidence, summary, severity, cvss, patched, first_seen) VALUES `, 14, insert)
+			advisories, rules, evidence, summary, severity, cvss, patched, first_seen, digest) VALUES `, 15, insert)
 	})
 	return added, err
+}
+
+// An OpenFinding is the part of an open finding (no backport or supplier
+// evidence) that triage needs.
+type OpenFinding struct {
+	ReleaseID string
+	VulnID    string
+	Severity  string
+	Summary   string
+}
+
+// OpenFindings returns every finding without evidence that it is patched.
+func (s *Store) OpenFindings(ctx context.Context) ([]OpenFinding, error) {
+	rows, err := s.direct().query(ctx, `SELECT release_id, vuln_id, severity, summary FROM findings WHERE patched = 0 ORDER BY release_id, vuln_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []OpenFinding
+	for rows.Next() {
+		var f OpenFinding
+		if err := rows.Scan(&f.ReleaseID, &f.VulnID, &f.Severity, &f.Summary); err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, rows.Err()
 }
 
 func nonNilRules(r []FindingRule) []FindingRule {

@@ -213,7 +213,7 @@ func statementCovers(product string, c match.Component) bool {
 // openTriage opens a triage item for every vulnerability of a product
 // line that has an open finding without a decision and meets the policy.
 func (s *Service) openTriage(ctx context.Context) (int, error) {
-	findings, err := s.opts.Store.Findings(ctx, store.FindingFilter{})
+	findings, err := s.opts.Store.OpenFindings(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -233,7 +233,7 @@ func (s *Service) openTriage(ctx context.Context) (int, error) {
 	var cves []string
 	for _, f := range findings {
 		rel, ok := rels[f.ReleaseID]
-		if !ok || f.Patched || decided.of(rel.Product, f.VulnID, f.ReleaseID) != nil {
+		if !ok || decided.of(rel.Product, f.VulnID, f.ReleaseID) != nil {
 			continue
 		}
 		k := [2]string{rel.Product, f.VulnID}

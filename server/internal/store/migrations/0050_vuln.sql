@@ -104,6 +104,7 @@ CREATE TABLE findings (
     cvss              DOUBLE PRECISION NOT NULL,
     patched           INTEGER NOT NULL,
     first_seen        TEXT NOT NULL,
+    digest            TEXT NOT NULL,
     PRIMARY KEY (release_id, component_idx, vuln_id)
 );
 CREATE INDEX findings_vuln ON findings (vuln_id);
