@@ -46,7 +46,9 @@ func TestExposedToCVE(t *testing.T) {
 		t.Errorf("findings = %v; want CVE-2023-0286 open, CVE-2022-48174 patched by backport", states)
 	}
 
+	t.Logf("findings --why:\n%s", runCLI(t, env, "vuln", "findings", "--release", rel, "--why"))
 	out = runCLI(t, env, "vuln", "exposed", "CVE-2023-0286", "--devices", "10")
+	t.Logf("exposed:\n%s", out)
 	for _, want := range []string{"EXPOSED: 3 device(s)", "St. Mary Radiology", "Lakeside Cardiology", "infusion-pump 1.0.0", "openssl 3.0.7"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("vuln exposed output lacks %q:\n%s", want, out)

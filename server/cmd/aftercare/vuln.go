@@ -342,17 +342,21 @@ func printFindings(w io.Writer, fs []finding, why bool) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %s\t%s %s\t%s\t%s\n", f.VulnID, orDash(f.Severity), kev, epss, f.Product, f.ReleaseVersion,
 			f.ComponentName, f.ComponentVersion, f.State, by)
-		if why {
-			for _, r := range f.Rules {
-				fmt.Fprintf(tw, "\t\t\t\t\t  matched: %s\n", r.Text)
-			}
-			for _, r := range f.Evidence {
-				fmt.Fprintf(tw, "\t\t\t\t\t  not open: %s\n", r.Text)
-			}
-		}
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%d finding(s)\n", len(fs))
+	if !why {
+		return
+	}
+	for _, f := range fs {
+		fmt.Fprintf(w, "\n%s in %s %s (%s %s):\n", f.VulnID, f.ComponentName, f.ComponentVersion, f.Product, f.ReleaseVersion)
+		for _, r := range f.Rules {
+			fmt.Fprintf(w, "  matched:  %s\n", r.Text)
+		}
+		for _, r := range f.Evidence {
+			fmt.Fprintf(w, "  not open: %s\n", r.Text)
+		}
+	}
 }
 
 func orDash(s string) string {
@@ -453,9 +457,11 @@ func printExposure(w io.Writer, x exposure) {
 	fmt.Fprintf(w, "EXPOSED: %d device(s): %d current, %d pending, %d installing, %d failed\n", x.Totals.Total, x.Totals.Current, x.Totals.Pending, x.Totals.Installing, x.Totals.Failed)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ORGANISATION\tSITE\tDEVICES\tFIX ASSIGNED\tPENDING\tINSTALLING\tFAILED")
+	siteNames := map[string]string{}
 	for _, o := range x.Organisations {
 		for _, s := range o.Sites {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", o.Organisation, s.SiteName, s.Counts.Total, s.FixAssigned, s.Counts.Pending, s.Counts.Installing, s.Counts.Failed)
+			siteNames[s.SiteID] = s.SiteName
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", orDash(o.Organisation), s.SiteName, s.Counts.Total, s.FixAssigned, s.Counts.Pending, s.Counts.Installing, s.Counts.Failed)
 		}
 	}
 	tw.Flush()
@@ -463,7 +469,7 @@ func printExposure(w io.Writer, x exposure) {
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "DEVICE\tSITE\tSERIAL\tRUNNING\tTARGET\tSTATUS")
 		for _, d := range x.Devices {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.SiteID, d.Serial, d.InstalledVersion, orDash(d.TargetVersion), d.Status)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, siteNames[d.SiteID], d.Serial, d.InstalledVersion, orDash(d.TargetVersion), d.Status)
 		}
 		tw.Flush()
 	}

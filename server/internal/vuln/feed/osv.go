@@ -289,10 +289,16 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// firstLine shortens a description to a one-line summary: whitespace
+// collapsed, at most about 240 bytes, cut at a word.
 func firstLine(s string) string {
-	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
-	if len(s) > 200 {
-		s = s[:200]
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= 240 {
+		return s
 	}
-	return s
+	cut := strings.LastIndexByte(s[:240], ' ')
+	if cut < 120 {
+		cut = 240
+	}
+	return s[:cut] + " …"
 }
