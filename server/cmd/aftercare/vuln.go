@@ -191,18 +191,10 @@ Every release is re-analysed after each file.`,
 		Short: "Show each feed's last good import and last attempt",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/vuln/feeds", &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Feeds []vulnFeed `json:"feeds"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/vuln/feeds", &out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "FEED\tKIND\tRECORDS\tVERSION\tIMPORTED\tSOURCE\tLAST ATTEMPT")
 				for _, f := range out.Feeds {
@@ -221,14 +213,6 @@ Every release is re-analysed after each file.`,
 		Short: "Fetch the configured feeds from their URLs now (mirrors first, conditional requests)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/vuln/feeds/sync", struct{}{}, &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Feeds []struct {
 					Name, Outcome, URL, Error string
@@ -236,7 +220,7 @@ Every release is re-analysed after each file.`,
 				} `json:"feeds"`
 				Analysis *analysis `json:"analysis"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.postShow(cmd.Context(), "/api/v1/vuln/feeds/sync", struct{}{}, &out, func(w io.Writer) {
 				for _, f := range out.Feeds {
 					fmt.Fprintf(w, "%s: %s %s %s\n", f.Name, f.Outcome, f.URL, f.Error)
 				}
@@ -271,16 +255,8 @@ func analyseCmd(e *env) *cobra.Command {
 		Short: "Re-match every release's SBOM against the stored feeds now",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/vuln/analyse", struct{}{}, &raw); err != nil {
-				return err
-			}
 			var out analysis
-			return e.show(raw, &out, func(w io.Writer) { printAnalysis(w, out) })
+			return e.postShow(cmd.Context(), "/api/v1/vuln/analyse", struct{}{}, &out, func(w io.Writer) { printAnalysis(w, out) })
 		},
 	}
 }
@@ -294,28 +270,11 @@ func findingsCmd(e *env) *cobra.Command {
 		Short: "List findings: vulnerabilities in release components, with the rule that matched",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			q := url.Values{}
-			if releaseID != "" {
-				q.Set("release_id", releaseID)
-			}
-			if vulnID != "" {
-				q.Set("vuln_id", vulnID)
-			}
-			if len(states) > 0 {
-				q.Set("state", strings.Join(states, ","))
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/vuln/findings?"+q.Encode(), &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Findings []finding `json:"findings"`
 			}
-			return e.show(raw, &out, func(w io.Writer) { printFindings(w, out.Findings, why) })
+			path := "/api/v1/vuln/findings?" + query("release_id", releaseID, "vuln_id", vulnID, "state", strings.Join(states, ","))
+			return e.getShow(cmd.Context(), path, &out, func(w io.Writer) { printFindings(w, out.Findings, why) })
 		},
 	}
 	cmd.Flags().StringVar(&releaseID, "release", "", "release ID")
@@ -385,23 +344,14 @@ versions (--introduced/--fixed/--last-affected or --versions): every
 release SBOM is searched with the component's own version ordering.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
+			var out exposure
+			human := func(w io.Writer) { printExposure(w, out) }
 			if q.Name != "" || q.PURL != "" {
 				body := map[string]any{"vuln_id": args[0], "devices": devices, "name": q.Name, "purl": q.PURL,
 					"introduced": q.Introduced, "fixed": q.Fixed, "last_affected": q.LastAffected, "versions": q.Versions}
-				err = c.postJSON(cmd.Context(), "/api/v1/vuln/exposure", body, &raw)
-			} else {
-				err = c.getJSON(cmd.Context(), fmt.Sprintf("/api/v1/vuln/exposure/%s?devices=%d", url.PathEscape(args[0]), devices), &raw)
+				return e.postShow(cmd.Context(), "/api/v1/vuln/exposure", body, &out, human)
 			}
-			if err != nil {
-				return err
-			}
-			var out exposure
-			return e.show(raw, &out, func(w io.Writer) { printExposure(w, out) })
+			return e.getShow(cmd.Context(), fmt.Sprintf("/api/v1/vuln/exposure/%s?devices=%d", url.PathEscape(args[0]), devices), &out, human)
 		},
 	}
 	cmd.Flags().StringVar(&q.Name, "component", "", "component name (or CPE product), for a vulnerability not in the feeds")
@@ -499,16 +449,8 @@ vulnerable_code_cannot_be_controlled_by_adversary,
 inline_mitigations_already_exist.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/vuln/dispositions", req, &raw); err != nil {
-				return err
-			}
 			var out disposition
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.postShow(cmd.Context(), "/api/v1/vuln/dispositions", req, &out, func(w io.Writer) {
 				from := ""
 				if out.PreviousStatus != "" {
 					from = " (was " + out.PreviousStatus + ")"
@@ -559,23 +501,8 @@ func releaseSuffix(id string) string {
 }
 
 func listDispositions(ctx context.Context, e *env, path, key, product, vulnID string) error {
-	c, err := e.client()
-	if err != nil {
-		return err
-	}
-	q := url.Values{}
-	if product != "" {
-		q.Set("product", product)
-	}
-	if vulnID != "" {
-		q.Set("vuln_id", vulnID)
-	}
-	var raw []byte
-	if err := c.getJSON(ctx, path+"?"+q.Encode(), &raw); err != nil {
-		return err
-	}
 	var out map[string][]disposition
-	return e.show(raw, &out, func(w io.Writer) {
+	return e.getShow(ctx, path+"?"+query("product", product, "vuln_id", vulnID), &out, func(w io.Writer) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		if key == "history" {
 			fmt.Fprintln(tw, "WHEN\tWHO\tVULNERABILITY\tPRODUCT\tRELEASE\tFROM\tTO\tWHY")
@@ -666,18 +593,10 @@ func triageCmd(e *env) *cobra.Command {
 		Short: "List triage items: serious new findings waiting for a decision, with their SLA deadline",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), fmt.Sprintf("/api/v1/vuln/triage?open=%v", !all), &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Triage []triageItem `json:"triage"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), fmt.Sprintf("/api/v1/vuln/triage?open=%v", !all), &out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "VULNERABILITY\tPRODUCT\tSEVERITY\tREASONS\tOPENED\tDUE\tSTATE")
 				now := time.Now()
@@ -705,14 +624,6 @@ func releaseSBOMCmd(e *env) *cobra.Command {
 		Short: "Show a release's ingested SBOM and its components",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/releases/"+url.PathEscape(args[0])+"/sbom", &raw); err != nil {
-				return err
-			}
 			var out struct {
 				SBOM struct {
 					Format      string   `json:"format"`
@@ -727,7 +638,7 @@ func releaseSBOMCmd(e *env) *cobra.Command {
 					Patched             []string
 				} `json:"components"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/releases/"+url.PathEscape(args[0])+"/sbom", &out, func(w io.Writer) {
 				if out.SBOM.Error != "" {
 					fmt.Fprintln(w, "SBOM not ingested:", out.SBOM.Error)
 					return
@@ -745,6 +656,44 @@ func releaseSBOMCmd(e *env) *cobra.Command {
 			})
 		},
 	}
+}
+
+// query encodes the pairs whose value is not empty.
+func query(kv ...string) string {
+	q := url.Values{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] != "" {
+			q.Set(kv[i], kv[i+1])
+		}
+	}
+	return q.Encode()
+}
+
+// getShow GETs path and shows the answer: view through human, or the
+// JSON as it is with --json.
+func (e *env) getShow(ctx context.Context, path string, view any, human func(io.Writer)) error {
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var raw []byte
+	if err := c.getJSON(ctx, path, &raw); err != nil {
+		return err
+	}
+	return e.show(raw, view, human)
+}
+
+// postShow POSTs body as JSON to path and shows the answer like getShow.
+func (e *env) postShow(ctx context.Context, path string, body, view any, human func(io.Writer)) error {
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var raw []byte
+	if err := c.postJSON(ctx, path, body, &raw); err != nil {
+		return err
+	}
+	return e.show(raw, view, human)
 }
 
 // sbomCmd works offline: it needs no server.

@@ -40,16 +40,9 @@ type ExposureGroup struct {
 // whose status needs their state and the assigned release. A device
 // without an assignment is current.
 func (s *Store) ExposureGroups(ctx context.Context, releaseIDs, siteIDs []string) ([]ExposureGroup, error) {
-	if len(releaseIDs) == 0 || (siteIDs != nil && len(siteIDs) == 0) {
-		return nil, nil
-	}
-	running, where, args, err := s.runningReleases(ctx, releaseIDs)
+	running, where, args, err := s.exposedFilter(ctx, releaseIDs, siteIDs)
 	if err != nil || where == "" {
 		return nil, err
-	}
-	if siteIDs != nil {
-		where = "(" + where + ") AND d.site_id IN (" + placeholders(len(siteIDs)) + ")"
-		args = appendAll(args, siteIDs)
 	}
 	type key struct{ site, model, version, target, status string }
 	counts := map[key]int{}
@@ -132,6 +125,20 @@ func (s *Store) ExposureGroups(ctx context.Context, releaseIDs, siteIDs []string
 	return out, nil
 }
 
+// exposedFilter maps (model, version) to the given releases that run with
+// it, and returns a WHERE clause on devices d selecting the devices that
+// run them at siteIDs (nil: all sites); "" when none can.
+func (s *Store) exposedFilter(ctx context.Context, releaseIDs, siteIDs []string) (map[[2]string][]string, string, []any, error) {
+	if len(releaseIDs) == 0 || (siteIDs != nil && len(siteIDs) == 0) {
+		return nil, "", nil, nil
+	}
+	running, where, args, err := s.runningReleases(ctx, releaseIDs)
+	if err != nil || where == "" || siteIDs == nil {
+		return running, where, args, err
+	}
+	return running, "(" + where + ") AND d.site_id IN (" + placeholders(len(siteIDs)) + ")", appendAll(args, siteIDs), nil
+}
+
 // runningReleases maps (model, version) to the given releases that run
 // with it, and returns a WHERE clause on devices d selecting those pairs.
 func (s *Store) runningReleases(ctx context.Context, releaseIDs []string) (map[[2]string][]string, string, []any, error) {
@@ -179,16 +186,9 @@ type ExposedDevice struct {
 // ExposedDevices lists up to limit devices running any of releaseIDs at
 // siteIDs (nil: all sites), by site and device ID.
 func (s *Store) ExposedDevices(ctx context.Context, releaseIDs, siteIDs []string, limit int) ([]ExposedDevice, error) {
-	if len(releaseIDs) == 0 || (siteIDs != nil && len(siteIDs) == 0) {
-		return nil, nil
-	}
-	running, where, args, err := s.runningReleases(ctx, releaseIDs)
+	running, where, args, err := s.exposedFilter(ctx, releaseIDs, siteIDs)
 	if err != nil || where == "" {
 		return nil, err
-	}
-	if siteIDs != nil {
-		where = "(" + where + ") AND d.site_id IN (" + placeholders(len(siteIDs)) + ")"
-		args = appendAll(args, siteIDs)
 	}
 	rows, err := s.direct().query(ctx, `SELECT `+deviceColumns+`, a.release_id, t.version FROM devices d
 		LEFT JOIN assignments a ON a.device_id = d.id LEFT JOIN releases t ON t.id = a.release_id
