@@ -50,12 +50,14 @@ func ReadEPSS(name string, b []byte, lim Limits) (*EPSSSnapshot, error) {
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		line, _ := r.FieldPos(0)
-		line += skipped
 		if err != nil {
+			// FieldPos is only valid after a successful Read; the
+			// csv.ParseError names the line itself.
 			p.add("%s: %v", name, err)
 			break
 		}
+		line, _ := r.FieldPos(0)
+		line += skipped
 		e := EPSS{CVE: rec[0]}
 		if !ValidCVE(e.CVE) {
 			p.add("%s line %d: cve %q is not a CVE ID", name, line, rec[0])
