@@ -169,6 +169,8 @@ func (b *builder) add(c Component, purl string, cpes []string) {
 		switch {
 		case err != nil:
 			b.problem("%s.purl %q is not a package URL: %v", c.Field, purl, err)
+		case !registeredPURLType(p.Type):
+			b.problem("%s.purl %q: purl type %q is not a known purl type (purl-spec PURL-TYPES); name a component without a package ecosystem pkg:generic/<name>@<version> and give its CPE", c.Field, purl, p.Type)
 		default:
 			c.PURL = p.ToString()
 			if !KnownPURLType(p.Type) {
@@ -226,6 +228,13 @@ var purlEcosystems = map[string]bool{
 	"apk": true, "alpine": true, "deb": true, "rpm": true, "golang": true, "npm": true, "pypi": true,
 	"maven": true, "cargo": true, "nuget": true, "gem": true, "composer": true, "hex": true, "pub": true,
 	"swift": true, "cran": true, "hackage": true, "bitnami": true, "conan": true,
+}
+
+// registeredPURLType reports whether t is a purl type of the spec, or
+// "alpine", which syft writes for Alpine packages (the spec's is "apk").
+func registeredPURLType(t string) bool {
+	_, ok := packageurl.KnownTypes[t]
+	return ok || t == "alpine"
 }
 
 // KnownPURLType reports whether a vulnerability ecosystem covers purl type t.

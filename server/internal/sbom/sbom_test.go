@@ -119,6 +119,7 @@ func TestParseBad(t *testing.T) {
 		{"bad/truncated.json", "line 2", Limits{}},
 		{"bad/bad-purl.json", `components[0].purl "openssl@3.0.7"`, Limits{}},
 		{"bad/bad-cpe.json", `components[0].cpe "cpe:2.3:a:openssl"`, Limits{}},
+		{"bad/unknown-purl-type.json", `purl type "firmwarez" is not a known purl type`, Limits{}},
 		{"bad/version-is-number.json", "field components.version", Limits{}},
 		{"bad/unknown-spec-version.json", "specVersion", Limits{}},
 		{"bad/too-deep.json", "nested deeper than 64 levels", Limits{}},
