@@ -93,13 +93,13 @@ type Document struct {
 
 // A Component is one package, library or file of the release.
 type Component struct {
-	Ref      string   `json:"ref"`             // bom-ref or SPDXID
-	Field    string   `json:"field"`           // where it is in the document, e.g. "components[3]"
-	Name     string   `json:"name"`            // e.g. "openssl"
-	Version  string   `json:"version"`         // as the SBOM gives it
+	Ref      string   `json:"ref"`     // bom-ref or SPDXID
+	Field    string   `json:"field"`   // where it is in the document, e.g. "components[3]"
+	Name     string   `json:"name"`    // e.g. "openssl"
+	Version  string   `json:"version"` // as the SBOM gives it
 	Supplier string   `json:"supplier,omitempty"`
-	PURL     string   `json:"purl,omitempty"`  // canonical form
-	CPEs     []string `json:"cpes,omitempty"`  // CPE 2.3 formatted strings
+	PURL     string   `json:"purl,omitempty"`    // canonical form
+	CPEs     []string `json:"cpes,omitempty"`    // CPE 2.3 formatted strings
 	Patched  []string `json:"patched,omitempty"` // CVE IDs fixed by backport, sorted
 }
 

@@ -205,4 +205,3 @@ func (s *Store) strings(ctx context.Context, query string, args ...any) ([]strin
 	}
 	return out, rows.Err()
 }
-

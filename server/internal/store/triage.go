@@ -9,18 +9,18 @@ import (
 // A TriageItem is a serious new finding waiting for a decision within its
 // SLA: one per vulnerability per product line.
 type TriageItem struct {
-	ID        string    `json:"id"`
-	Product   string    `json:"product"`
-	VulnID    string    `json:"vuln_id"`
-	Severity  string    `json:"severity,omitempty"`
-	KEV       bool      `json:"kev"`
-	EPSS      float64   `json:"epss,omitempty"`
-	Reasons   []string  `json:"reasons"`  // why it was opened: "kev", "severity critical", "epss 0.94 >= 0.5"
-	Releases  []string  `json:"releases"` // release IDs with the finding when it was opened
-	OpenedAt  time.Time `json:"opened_at"`
-	DueAt     time.Time `json:"due_at"`
-	ClosedAt  time.Time `json:"closed_at,omitzero"`
-	ClosedBy  string    `json:"closed_by,omitempty"`
+	ID       string    `json:"id"`
+	Product  string    `json:"product"`
+	VulnID   string    `json:"vuln_id"`
+	Severity string    `json:"severity,omitempty"`
+	KEV      bool      `json:"kev"`
+	EPSS     float64   `json:"epss,omitempty"`
+	Reasons  []string  `json:"reasons"`  // why it was opened: "kev", "severity critical", "epss 0.94 >= 0.5"
+	Releases []string  `json:"releases"` // release IDs with the finding when it was opened
+	OpenedAt time.Time `json:"opened_at"`
+	DueAt    time.Time `json:"due_at"`
+	ClosedAt time.Time `json:"closed_at,omitzero"`
+	ClosedBy string    `json:"closed_by,omitempty"`
 }
 
 // A Notification waits in the outbox until it is delivered.

@@ -26,7 +26,7 @@ type AnalysisResult struct {
 	Findings     int           `json:"findings"`
 	Open         int           `json:"open"` // without backport or supplier evidence
 	New          int           `json:"new"`
-	TriageOpened int           `json:"triage_opened"` // opened or escalated
+	TriageOpened int           `json:"triage_opened"`   // opened or escalated
 	Notes        []string      `json:"notes,omitempty"` // rules that could not be evaluated
 	Duration     time.Duration `json:"duration_ns"`
 }
@@ -227,7 +227,7 @@ func (s *Service) openTriage(ctx context.Context) (int, error) {
 	}
 	type group struct {
 		product, vuln, severity, summary string
-		releases                          []string
+		releases                         []string
 	}
 	groups := map[[2]string]*group{}
 	var cves []string

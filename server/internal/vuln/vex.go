@@ -197,8 +197,8 @@ func (s *Service) cycloneDXVEX(rel store.Release, productID string, sts []vexSta
 	bom := cdx.NewBOM()
 	bom.SerialNumber = "urn:uuid:" + uuidFrom(rel.ID, now)
 	bom.Metadata = &cdx.Metadata{
-		Timestamp: now.Format(time.RFC3339),
-		Component: &cdx.Component{BOMRef: productID, Type: cdx.ComponentTypeFirmware, Name: rel.Product, Version: rel.Version, PackageURL: productID},
+		Timestamp:    now.Format(time.RFC3339),
+		Component:    &cdx.Component{BOMRef: productID, Type: cdx.ComponentTypeFirmware, Name: rel.Product, Version: rel.Version, PackageURL: productID},
 		Manufacturer: &cdx.OrganizationalEntity{Name: s.opts.Author},
 	}
 	var comps []cdx.Component

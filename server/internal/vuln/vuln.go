@@ -80,8 +80,8 @@ type SBOMOpener interface {
 
 // Options configure a Service.
 type Options struct {
-	Store *store.Store // required
-	Log   *slog.Logger // required
+	Store      *store.Store // required
+	Log        *slog.Logger // required
 	SBOMLimits sbom.Limits
 	FeedLimits feed.Limits
 	Policy     triage.Policy // zero: triage.DefaultPolicy()

@@ -263,7 +263,10 @@ func TestBadFeedChangesNothing(t *testing.T) {
 		feedsBefore, _ := f.svc.Feeds(ctx)
 		z := zipOf(t, "testdata/osv/almalinux/*/*.json")
 		kev := readFile(t, "testdata/kev/known_exploited_vulnerabilities.json")
-		bad := []struct{ kind, name, want string; b []byte }{
+		bad := []struct {
+			kind, name, want string
+			b                []byte
+		}{
 			{"osv", "truncated.zip", "truncated", z[:len(z)-100]},
 			{"kev", "kev-truncated.json", "line ", kev[:len(kev)/2]},
 			{"nvd", "kev-as-nvd.json", `vulnerabilities[0] has no "cve" object`, kev},
@@ -432,8 +435,8 @@ func TestDispositionsAndVEX(t *testing.T) {
 			status[string(st.Vulnerability.Name)] = st
 		}
 		for id, want := range map[string]vex.Status{
-			"CVE-2023-0286": vex.StatusAffected, // fixed in 1.1.0: 1.0.0 must update
-			"CVE-2023-4863": vex.StatusNotAffected,
+			"CVE-2023-0286":  vex.StatusAffected, // fixed in 1.1.0: 1.0.0 must update
+			"CVE-2023-4863":  vex.StatusNotAffected,
 			"CVE-2022-48174": vex.StatusFixed, // backport
 			"CVE-2022-37434": vex.StatusUnderInvestigation,
 		} {

@@ -80,9 +80,9 @@ func invalidf(kind, format string, args ...any) error {
 
 // Limits bound what a reader accepts.
 type Limits struct {
-	MaxBytes        int64 // the decompressed content, all records together; default 4 GiB
-	MaxRecordBytes  int64 // one OSV record in a zip; default 8 MiB
-	MaxRecords      int   // default 2,000,000
+	MaxBytes       int64 // the decompressed content, all records together; default 4 GiB
+	MaxRecordBytes int64 // one OSV record in a zip; default 8 MiB
+	MaxRecords     int   // default 2,000,000
 }
 
 // DefaultLimits are used for zero fields.
