@@ -219,7 +219,7 @@ func (s *Store) ReleasesRunningAt(ctx context.Context, siteIDs []string) ([]stri
 	if len(siteIDs) == 0 {
 		return nil, nil
 	}
-	return s.strings(ctx, `SELECT DISTINCT r.id FROM releases r JOIN release_models rm ON rm.release_id = r.id
+	return s.queryStrings(ctx, `SELECT DISTINCT r.id FROM releases r JOIN release_models rm ON rm.release_id = r.id
 		JOIN devices d ON d.model = rm.model AND d.installed_version = r.version
 		WHERE d.site_id IN (`+placeholders(len(siteIDs))+`) ORDER BY r.id`, appendAll(nil, siteIDs)...)
 }

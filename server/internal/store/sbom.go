@@ -185,11 +185,11 @@ func (s *Store) SBOMComponents(ctx context.Context, releaseIDs []string, fn func
 
 // ReleaseIDsWithSBOM returns the releases with ingested components.
 func (s *Store) ReleaseIDsWithSBOM(ctx context.Context) ([]string, error) {
-	return s.strings(ctx, `SELECT release_id FROM release_sboms WHERE error = '' ORDER BY release_id`)
+	return s.queryStrings(ctx, `SELECT release_id FROM release_sboms WHERE error = '' ORDER BY release_id`)
 }
 
-// strings runs a query of one text column.
-func (s *Store) strings(ctx context.Context, query string, args ...any) ([]string, error) {
+// queryStrings runs a query of one text column.
+func (s *Store) queryStrings(ctx context.Context, query string, args ...any) ([]string, error) {
 	rows, err := s.direct().query(ctx, query, args...)
 	if err != nil {
 		return nil, err
