@@ -5,11 +5,13 @@
 // anything is kept:
 //
 //  1. Stage reads the bundle into staging files, checking every length and
-//     digest in its manifest and decoding the image to check its raw digest.
+//     digest in its manifest and decoding the image to check its raw digest;
+//     with an SBOMIngester, the SBOM must also parse.
 //  2. Publish checks the release engineer's signed targets metadata (threshold
 //     of the root's targets keys, next version, not expired) and that its
 //     entry for the image carries exactly the staged lengths, hashes and
-//     manifest; then it publishes the repository and records the release.
+//     manifest; then it publishes the repository and records the release,
+//     and hands the SBOM to the SBOMIngester (vulnerability monitoring).
 //
 // Any failure before the repository publish leaves the repository, the
 // catalog and the data directory as they were.
