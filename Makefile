@@ -3,13 +3,17 @@ GO      ?= go
 BIN     ?= bin
 TIMEOUT ?= 30m
 
-.PHONY: all build demo test vet bench fuzz clean
+.PHONY: all build demo test vet bench fuzz clean sbom
 
 all: build
 
 ## build: the server, the CLI, the agent and the fleet simulator into ./bin
 build:
 	$(GO) build -o $(BIN)/ ./server/cmd/aftercare-server ./server/cmd/aftercare ./agent/cmd/aftercare-agent ./agent/cmd/aftercare-sim
+
+## sbom: a CycloneDX SBOM of the agent binary from its Go build information (bin/aftercare-agent.cdx.json)
+sbom: build
+	./$(BIN)/aftercare sbom go-binary $(BIN)/aftercare-agent --name aftercare-agent -o $(BIN)/aftercare-agent.cdx.json
 
 ## demo: server + embedded broker + SQLite + simulated devices in two sites, a signed release rolled out
 demo: build
@@ -23,8 +27,12 @@ vet:
 	$(GO) vet ./...
 
 ## bench: benchmarks; each reports its figures as ratios against a baseline measured in the same run
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+## (the vulnerability benchmarks compare with osv-scanner, built from tools/osv-scanner, pinned there)
+bench: $(BIN)/osv-scanner
+	OSV_SCANNER=$(CURDIR)/$(BIN)/osv-scanner $(GO) test -run '^$$' -bench . -benchmem ./...
+
+$(BIN)/osv-scanner: tools/osv-scanner/go.mod
+	cd tools/osv-scanner && $(GO) build -o $(CURDIR)/$(BIN)/osv-scanner github.com/google/osv-scanner/v2/cmd/osv-scanner
 
 ## fuzz: run each fuzz target briefly (FUZZTIME=30s by default)
 FUZZTIME ?= 30s
@@ -34,6 +42,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseStateReport -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParseHint -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParseAssignmentCustom -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./server/internal/sbom
+	$(GO) test -run '^$$' -fuzz FuzzReadOSV -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
+	$(GO) test -run '^$$' -fuzz FuzzReadNVD -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
+	$(GO) test -run '^$$' -fuzz FuzzReadKEV -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
+	$(GO) test -run '^$$' -fuzz FuzzReadEPSS -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
 
 clean:
 	rm -rf $(BIN) aftercare-demo

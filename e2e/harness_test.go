@@ -331,7 +331,13 @@ func runSim(t *testing.T, s *server, f *fleet, brokerURL string, poll time.Durat
 // release through the CLI, and returns its ID.
 func publish(t *testing.T, s *server, version string) string {
 	t.Helper()
-	bundle := buildBundle(t, version)
+	return publishWithSBOM(t, s, version, "")
+}
+
+// publishWithSBOM is publish with the release's SBOM file ("" for none).
+func publishWithSBOM(t *testing.T, s *server, version, sbom string) string {
+	t.Helper()
+	bundle := buildBundle(t, version, sbom)
 	signed := filepath.Join(t.TempDir(), "targets.json")
 	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--key", filepath.Join(s.keysDir, "targets-release-engineering.key"),
 		"--targets", currentTargets(t, s), "-o", signed)
@@ -340,8 +346,9 @@ func publish(t *testing.T, s *server, version string) string {
 	return rel.ID
 }
 
-// buildBundle builds a release bundle of a 2 MiB image with the CLI.
-func buildBundle(t *testing.T, version string) string {
+// buildBundle builds a release bundle of a 2 MiB image, with the SBOM file
+// sbom ("" for none), with the CLI.
+func buildBundle(t *testing.T, version, sbom string) string {
 	t.Helper()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "firmware.img")
@@ -349,7 +356,11 @@ func buildBundle(t *testing.T, version string) string {
 	rand.Read(raw[:1<<20]) // half noise, half zeros: compressible like firmware
 	os.WriteFile(img, raw, 0o644)
 	bundle := filepath.Join(dir, "bundle.tar")
-	runCLI(t, nil, "release", "build", "--image", img, "--product", "infusion-pump", "--version", version, "--model", "pump-x1", "-o", bundle)
+	build := []string{"release", "build", "--image", img, "--product", "infusion-pump", "--version", version, "--model", "pump-x1", "-o", bundle}
+	if sbom != "" {
+		build = append(build, "--sbom", sbom)
+	}
+	runCLI(t, nil, build...)
 	return bundle
 }
 

@@ -28,7 +28,7 @@ func waitVersion(t *testing.T, s *server, f *fleet, version string) {
 func signApproved(t *testing.T, s *server, version, second string) (bundle, signed string) {
 	t.Helper()
 	keys := s.keysDir
-	bundle = buildBundle(t, version)
+	bundle = buildBundle(t, version, "")
 	signed = filepath.Join(t.TempDir(), "targets.json")
 	out := runCLI(t, nil, "release", "sign", "--bundle", bundle, "--targets", currentTargets(t, s),
 		"--key", filepath.Join(keys, "targets-release-eng.key"), "--root", filepath.Join(keys, "1.root.json"), "-o", signed)
@@ -42,7 +42,7 @@ func signApproved(t *testing.T, s *server, version, second string) (bundle, sign
 // with the second, uploads it, rolls it out and waits for every device.
 func rollOut(t *testing.T, s *server, f *fleet, version, signKey, approveKey string) {
 	t.Helper()
-	bundle := buildBundle(t, version)
+	bundle := buildBundle(t, version, "")
 	signed := filepath.Join(t.TempDir(), "targets.json")
 	runCLI(t, nil, "release", "sign", "--bundle", bundle, "--targets", currentTargets(t, s), "--key", signKey, "-o", signed)
 	runCLI(t, nil, "release", "approve", "--targets", signed, "--key", approveKey)

@@ -14,6 +14,7 @@
 package api
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
+	"github.com/aftercare/aftercare/server/internal/vuln"
 )
 
 // Options configures the HTTP handler.
@@ -43,6 +45,10 @@ type Options struct {
 	AdminToken     string           // required
 	MaxBundleBytes int64            // largest accepted release bundle
 	Log            *slog.Logger     // required
+	Vuln           *vuln.Service    // required
+	// FeedSync runs one feed sync for POST /api/v1/vuln/feeds/sync.
+	FeedSync     func(ctx context.Context) (vuln.SyncResult, error)
+	MaxFeedBytes int64 // largest accepted feed file
 }
 
 // maxJSONBytes bounds every JSON request body.
@@ -50,8 +56,9 @@ const maxJSONBytes = 64 << 10 // 64 KiB
 
 // New returns the server's HTTP handler.
 func New(opts Options) (http.Handler, error) {
-	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.Rollout == nil || opts.RepoDir == "" || opts.RolloutDir == "" || opts.AdminToken == "" || opts.Log == nil {
-		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, AdminToken and Log are required")
+	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.Rollout == nil || opts.RepoDir == "" || opts.RolloutDir == "" ||
+		opts.AdminToken == "" || opts.Log == nil || opts.Vuln == nil {
+		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, AdminToken, Log and Vuln are required")
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -84,6 +91,7 @@ func New(opts Options) (http.Handler, error) {
 	admin.GET("/repository/:repo/root", h.currentRoot)
 	admin.POST("/repository/:repo/root", h.updateRoot)
 	admin.POST("/rollouts", h.createRollout)
+	h.vulnRoutes(admin)
 	return e, nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,6 +27,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/store/storetest"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
+	"github.com/aftercare/aftercare/server/internal/vuln"
 	"github.com/aftercare/aftercare/signing"
 )
 
@@ -85,7 +88,11 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	st.store = storetest.SQLite(t)
-	rel, err := release.New(release.Options{Store: st.store, Repo: repo, StagingDir: filepath.Join(st.dataDir, "staging"), SBOMDir: filepath.Join(st.dataDir, "sboms"), Log: log})
+	vulns, err := vuln.New(vuln.Options{Store: st.store, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := release.New(release.Options{Store: st.store, Repo: repo, StagingDir: filepath.Join(st.dataDir, "staging"), SBOMDir: filepath.Join(st.dataDir, "sboms"), Log: log, SBOMs: vulns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +108,7 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
-		AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log})
+		AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,6 +148,12 @@ func (st *stack) postJSON(t *testing.T, path, token string, in, out any) int {
 // bundle builds a release bundle with an uncompressed image.
 func bundle(t *testing.T, version string) ([]byte, *firmware.Manifest) {
 	t.Helper()
+	return bundleWithSBOM(t, version, nil)
+}
+
+// bundleWithSBOM builds a release bundle carrying sbom (nil: none).
+func bundleWithSBOM(t *testing.T, version string, sbom []byte) ([]byte, *firmware.Manifest) {
+	t.Helper()
 	dir := t.TempDir()
 	raw := make([]byte, 20_000)
 	rand.Read(raw)
@@ -151,8 +164,15 @@ func bundle(t *testing.T, version string) ([]byte, *firmware.Manifest) {
 		t.Fatal(err)
 	}
 	m := &firmware.Manifest{Format: 1, Product: "pump", Version: version, Models: []string{"pump-x1"}, Image: desc}
+	src := firmware.BundleSource{Image: img}
+	if sbom != nil {
+		src.SBOM = filepath.Join(dir, "sbom.json")
+		os.WriteFile(src.SBOM, sbom, 0o644)
+		sum := sha256.Sum256(sbom)
+		m.SBOM = &firmware.Artifact{Length: int64(len(sbom)), SHA256: hex.EncodeToString(sum[:])}
+	}
 	var b bytes.Buffer
-	if err := firmware.WriteBundle(&b, m, firmware.BundleSource{Image: img}); err != nil {
+	if err := firmware.WriteBundle(&b, m, src); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes(), m

@@ -89,6 +89,59 @@ type Config struct {
 	MaxBundleBytes int64 `yaml:"max_bundle_bytes" env:"MAX_BUNDLE_BYTES"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `yaml:"log_level" env:"LOG_LEVEL"`
+
+	// Vuln configures vulnerability monitoring (AFTERCARE_VULN_*).
+	Vuln Vuln `yaml:"vuln" envPrefix:"VULN_"`
+}
+
+// Vuln configures vulnerability monitoring: SBOM bounds, feeds, triage
+// SLAs and notifications. See docs/vulnerability-monitoring.md.
+type Vuln struct {
+	// MaxSBOMBytes, SBOMMaxDepth and SBOMMaxComponents bound one release
+	// SBOM; defaults 64 MiB, 64 levels, 50,000 components.
+	MaxSBOMBytes      int64 `yaml:"max_sbom_bytes" env:"MAX_SBOM_BYTES"`
+	SBOMMaxDepth      int   `yaml:"sbom_max_depth" env:"SBOM_MAX_DEPTH"`
+	SBOMMaxComponents int   `yaml:"sbom_max_components" env:"SBOM_MAX_COMPONENTS"`
+	// MaxFeedBytes bounds one feed file as uploaded or downloaded; default
+	// 1 GiB. Decompressed content is bounded at 4 GiB.
+	MaxFeedBytes int64 `yaml:"max_feed_bytes" env:"MAX_FEED_BYTES"`
+	// Sync fetches the feeds from their URLs every SyncInterval; default
+	// off: no internet is assumed, feeds are imported from files.
+	Sync         bool          `yaml:"sync" env:"SYNC"`
+	SyncInterval time.Duration `yaml:"sync_interval" env:"SYNC_INTERVAL"` // default 6h
+	// Feeds lists what Sync fetches, each with URLs tried in order (local
+	// mirrors first). Empty: KEV, EPSS, NVD's modified feed and the OSV
+	// ecosystems in OSVEcosystems, from their public URLs.
+	Feeds         []FeedSource `yaml:"feeds"`
+	OSVEcosystems []string     `yaml:"osv_ecosystems" env:"OSV_ECOSYSTEMS"` // default Debian, Alpine, Go
+	// SLA is the time to triage per reason (kev, critical, high, epss);
+	// defaults 48h, 48h, 168h, 168h.
+	SLA map[string]time.Duration `yaml:"sla" env:"SLA"`
+	// EPSSThreshold opens triage for an EPSS score at or above it; default
+	// 0.5; 0 turns the EPSS reason off.
+	EPSSThreshold *float64 `yaml:"epss_threshold" env:"EPSS_THRESHOLD"`
+	// WebhookURL receives a JSON POST for each triage item opened or
+	// escalated; WebhookSecret signs it (X-Aftercare-Signature).
+	WebhookURL    string `yaml:"webhook_url" env:"WEBHOOK_URL"`
+	WebhookSecret Secret `yaml:"webhook_secret" env:"WEBHOOK_SECRET"`
+	// SMTP sends the same notifications by email when SMTPAddr is set.
+	SMTPAddr     string   `yaml:"smtp_addr" env:"SMTP_ADDR"` // host:port
+	SMTPUsername string   `yaml:"smtp_username" env:"SMTP_USERNAME"`
+	SMTPPassword Secret   `yaml:"smtp_password" env:"SMTP_PASSWORD"`
+	SMTPFrom     string   `yaml:"smtp_from" env:"SMTP_FROM"`
+	SMTPTo       []string `yaml:"smtp_to" env:"SMTP_TO"`
+	// VEXAuthor and VEXProductPURL name the manufacturer and a release in
+	// exported VEX; defaults "Aftercare" and "pkg:generic/%s@%s" (product,
+	// version).
+	VEXAuthor      string `yaml:"vex_author" env:"VEX_AUTHOR"`
+	VEXProductPURL string `yaml:"vex_product_purl" env:"VEX_PRODUCT_PURL"`
+}
+
+// A FeedSource is one feed to sync.
+type FeedSource struct {
+	Name string   `yaml:"name"` // e.g. "kev", "osv:Debian"
+	Kind string   `yaml:"kind"` // osv, nvd, kev or epss
+	URLs []string `yaml:"urls"` // tried in order
 }
 
 // Default returns the documented defaults.
@@ -103,6 +156,15 @@ func Default() Config {
 		RolloutBinBits:       8,
 		MaxBundleBytes:       2 << 30,
 		LogLevel:             "info",
+		Vuln: Vuln{
+			MaxSBOMBytes: 64 << 20, SBOMMaxDepth: 64, SBOMMaxComponents: 50_000,
+			MaxFeedBytes: 1 << 30, SyncInterval: 6 * time.Hour,
+			OSVEcosystems: []string{"Debian", "Alpine", "Go"},
+			SLA: map[string]time.Duration{
+				"kev": 48 * time.Hour, "critical": 48 * time.Hour, "high": 7 * 24 * time.Hour, "epss": 7 * 24 * time.Hour,
+			},
+			VEXAuthor: "Aftercare", VEXProductPURL: "pkg:generic/%s@%s",
+		},
 	}
 }
 
@@ -214,7 +276,47 @@ func (c Config) Validate() error {
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("log_level %q is not debug, info, warn or error", c.LogLevel))
 	}
+	errs = append(errs, c.Vuln.validate()...)
 	return errors.Join(errs...)
+}
+
+func (v Vuln) validate() []error {
+	var errs []error
+	if v.MaxSBOMBytes < 1<<10 {
+		errs = append(errs, fmt.Errorf("vuln.max_sbom_bytes %d must be at least 1 KiB", v.MaxSBOMBytes))
+	}
+	if v.SBOMMaxDepth < 8 || v.SBOMMaxDepth > 10_000 {
+		errs = append(errs, fmt.Errorf("vuln.sbom_max_depth %d must be from 8 to 10000", v.SBOMMaxDepth))
+	}
+	if v.SBOMMaxComponents < 1 {
+		errs = append(errs, fmt.Errorf("vuln.sbom_max_components %d must be at least 1", v.SBOMMaxComponents))
+	}
+	if v.MaxFeedBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("vuln.max_feed_bytes %d must be at least 1 MiB", v.MaxFeedBytes))
+	}
+	if v.SyncInterval < time.Minute {
+		errs = append(errs, fmt.Errorf("vuln.sync_interval %s must be at least 1m", v.SyncInterval))
+	}
+	if v.EPSSThreshold != nil && (*v.EPSSThreshold < 0 || *v.EPSSThreshold > 1) {
+		errs = append(errs, fmt.Errorf("vuln.epss_threshold %v must be from 0 to 1", *v.EPSSThreshold))
+	}
+	if v.WebhookURL != "" {
+		if u, err := url.Parse(v.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("vuln.webhook_url %q is not an http(s) URL", v.WebhookURL))
+		}
+	}
+	if v.SMTPAddr != "" {
+		if _, _, err := net.SplitHostPort(v.SMTPAddr); err != nil {
+			errs = append(errs, fmt.Errorf("vuln.smtp_addr %q is not host:port", v.SMTPAddr))
+		}
+		if v.SMTPFrom == "" || len(v.SMTPTo) == 0 {
+			errs = append(errs, errors.New("vuln.smtp_from and vuln.smtp_to are required with vuln.smtp_addr"))
+		}
+	}
+	if !strings.Contains(v.VEXProductPURL, "%s") {
+		errs = append(errs, fmt.Errorf("vuln.vex_product_purl %q must hold %%s for the product and %%s for the version", v.VEXProductPURL))
+	}
+	return errs
 }
 
 // Level returns the configured log level.

@@ -5,11 +5,13 @@
 // anything is kept:
 //
 //  1. Stage reads the bundle into staging files, checking every length and
-//     digest in its manifest and decoding the image to check its raw digest.
+//     digest in its manifest and decoding the image to check its raw digest;
+//     with an SBOMIngester, the SBOM must also parse.
 //  2. Publish checks the release engineer's signed targets metadata (threshold
 //     of the root's targets keys, next version, not expired) and that its
 //     entry for the image carries exactly the staged lengths, hashes and
-//     manifest; then it publishes the repository and records the release.
+//     manifest; then it publishes the repository and records the release,
+//     and hands the SBOM to the SBOMIngester (vulnerability monitoring).
 //
 // Any failure before the repository publish leaves the repository, the
 // catalog and the data directory as they were.
@@ -44,6 +46,17 @@ type Options struct {
 	SBOMDir    string        // where SBOMs are kept by digest; required
 	Log        *slog.Logger  // required
 	Now        func() time.Time
+	// SBOMs checks a bundle's SBOM at Stage and ingests it after Publish;
+	// nil keeps SBOMs as opaque files.
+	SBOMs SBOMIngester
+}
+
+// An SBOMIngester reads release SBOMs (the vulnerability monitor).
+type SBOMIngester interface {
+	// CheckSBOM returns a problem.InvalidError naming what is wrong.
+	CheckSBOM(b []byte) error
+	// IngestSBOM records the components of a published release.
+	IngestSBOM(ctx context.Context, rel store.Release, b []byte) (store.ReleaseSBOM, error)
 }
 
 // Service publishes releases. It is safe for concurrent use.
@@ -121,6 +134,17 @@ func (s *Service) Stage(ctx context.Context, r io.Reader) (_ *Staged, err error)
 			return nil, err
 		}
 	}
+	if st.sbom != "" && s.opts.SBOMs != nil {
+		// The SBOM's digest matched its manifest entry; refuse a release
+		// whose SBOM the vulnerability monitor cannot read.
+		b, err := os.ReadFile(st.sbom)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.opts.SBOMs.CheckSBOM(b); err != nil {
+			return nil, err
+		}
+	}
 	// The digests of the stored image match; now decode it and check the
 	// raw image, so a bundle whose image cannot install is refused here.
 	if _, err := img.Seek(0, io.SeekStart); err != nil {
@@ -181,6 +205,13 @@ func (s *Service) Publish(ctx context.Context, st *Staged, signedTargets []byte)
 		return store.Release{}, fmt.Errorf("record published release: %w", err)
 	}
 	s.opts.Log.Info("release published", "release", rel.ID, "product", m.Product, "version", m.Version, "target", rel.TargetPath)
+	if m.SBOM != nil && s.opts.SBOMs != nil {
+		// The release is published; an SBOM problem from here on is
+		// recorded with the release's SBOM, not returned.
+		if err := s.ingestSBOM(ctx, rel); err != nil {
+			s.opts.Log.Error("release sbom not ingested", "release", rel.ID, "err", err)
+		}
+	}
 	return rel, nil
 }
 
@@ -204,6 +235,20 @@ func (s *Service) SBOM(r store.Release) (*os.File, error) {
 		return nil, fmt.Errorf("release %s has no SBOM: %w", r.ID, problem.ErrNotFound)
 	}
 	return os.Open(s.sbomPath(r.Manifest.SBOM.SHA256))
+}
+
+func (s *Service) ingestSBOM(ctx context.Context, rel store.Release) error {
+	f, err := s.SBOM(rel)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, rel.Manifest.SBOM.Length+1))
+	if err != nil {
+		return err
+	}
+	_, err = s.opts.SBOMs.IngestSBOM(ctx, rel, b)
+	return err
 }
 
 // Sync records every release the repository lists but the catalog lacks,

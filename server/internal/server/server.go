@@ -76,16 +76,24 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if s.repo, err = openRepo(ctx, cfg, getenv, log); err != nil {
 		return nil, err
 	}
+	vulns, err := newVuln(cfg, s.store, log)
+	if err != nil {
+		return nil, err
+	}
 	releases, err := release.New(release.Options{
 		Store: s.store, Repo: s.repo, Log: log,
 		StagingDir: filepath.Join(cfg.DataDir, "staging"),
 		SBOMDir:    filepath.Join(cfg.DataDir, "sboms"),
+		SBOMs:      vulns,
 	})
 	if err != nil {
 		return nil, err
 	}
 	if err := releases.Sync(ctx); err != nil {
 		return nil, fmt.Errorf("sync release catalog: %w", err)
+	}
+	if err := vulns.IngestPending(ctx, releases); err != nil {
+		return nil, fmt.Errorf("ingest release SBOMs: %w", err)
 	}
 	if s.rollout, err = openRollout(ctx, cfg, s.store, s.repo, getenv, log); err != nil {
 		return nil, err
@@ -99,6 +107,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	}
 	handler, err := api.New(api.Options{
 		Fleet: fl, Releases: releases, Repo: s.repo, Rollout: s.rollout,
+		Vuln: vulns, FeedSync: s.feedSync(vulns), MaxFeedBytes: cfg.Vuln.MaxFeedBytes,
 		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), AdminToken: adminToken,
 		MaxBundleBytes: cfg.MaxBundleBytes, Log: log,
 	})
@@ -125,6 +134,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		}
 	}()
 	go s.refreshRepo(bg)
+	s.startVuln(bg, vulns)
 	log.Info("fleet server started", "listen", s.httpAddr.String(), "public_url", cfg.PublicURL, "broker", s.brokerURL,
 		"embedded_broker", s.broker != nil, "database", dbKind(cfg), "data_dir", cfg.DataDir)
 	return s, nil
