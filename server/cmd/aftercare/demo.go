@@ -153,6 +153,7 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 	}
 	fmt.Fprintf(e.stdout, `
 The server keeps running at %[1]s; Ctrl-C stops it and the devices.
+Web console: %[1]s/console/ (sign in with the token in %[3]s).
 Logs: %[2]s/server.log, %[2]s/devices.log. Try:
 
   export AFTERCARE_TOKEN=$(cat %[3]s)

@@ -71,6 +71,7 @@ func New(opts Options) (http.Handler, error) {
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/tuf/release/*", h.repoFile(opts.RepoDir))
 	e.GET("/tuf/rollout/*", h.repoFile(opts.RolloutDir))
+	consoleRoutes(e)
 
 	v1 := e.Group("/api/v1")
 	v1.POST("/enroll", h.enroll)

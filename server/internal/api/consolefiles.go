@@ -1,0 +1,27 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/aftercare/aftercare/server/internal/api/console"
+)
+
+// consoleRoutes serves the web console's static files under /console/. The
+// files need no token: they hold no data, and every API call they make
+// carries the person's own token.
+func consoleRoutes(e *echo.Echo) {
+	files := http.StripPrefix("/console/", http.FileServer(http.FS(console.Files())))
+	serve := func(c echo.Context) error {
+		hdr := c.Response().Header()
+		hdr.Set("Content-Security-Policy", console.ContentSecurityPolicy)
+		hdr.Set("X-Content-Type-Options", "nosniff")
+		hdr.Set("Referrer-Policy", "no-referrer")
+		hdr.Set("Cache-Control", "no-cache")
+		files.ServeHTTP(c.Response(), c.Request())
+		return nil
+	}
+	e.GET("/console", func(c echo.Context) error { return c.Redirect(http.StatusFound, "/console/") })
+	e.GET("/console/*", serve)
+}
