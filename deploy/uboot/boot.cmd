@@ -7,8 +7,10 @@
 #
 # The agent writes all three in one fw_setenv -s call (see docs/agent.md):
 #   install:  BOOT_ORDER="B A" BOOT_B_LEFT=1 BOOT_A_LEFT=3   (try B once)
-#   commit:   BOOT_ORDER="B A" BOOT_B_LEFT=3 BOOT_A_LEFT=0   (every good boot)
-# A slot not committed again before its counter reaches 0 is skipped.
+#   commit:   BOOT_ORDER="B"   BOOT_B_LEFT=3 BOOT_A_LEFT=0   (every good boot)
+# A slot not committed again before its counter reaches 0 is skipped. A
+# committed slot is alone in BOOT_ORDER: the agent may be rewriting the
+# other one, so not even the reset below may boot it.
 #
 # Adapt the partition numbers (slot A = mmc 0:2, slot B = mmc 0:3), the
 # kernel and device tree names and the console to the board.
