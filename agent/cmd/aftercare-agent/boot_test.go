@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aftercare/aftercare/agent/internal/install"
 	"github.com/aftercare/aftercare/agent/internal/config"
+	"github.com/aftercare/aftercare/agent/internal/install"
 )
 
 func TestOpenBootloader(t *testing.T) {
