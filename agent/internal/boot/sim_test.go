@@ -149,9 +149,62 @@ func (s *ubootSim) vars(t *testing.T) map[string]string {
 }
 
 // grubSim is a PC with GRUB, the two environment copies and
-// deploy/grub/grub.cfg.
+// deploy/grub/grub.cfg. With emu set, power-on runs the real grub.cfg in
+// grub-emu instead of its Go model.
 type grubSim struct {
 	dir, env, backup, cmdline string
+	emu                       bool
+}
+
+// newGRUBEmuSim is a grubSim whose power-on runs deploy/grub/grub.cfg's
+// slot selection in grub-emu: the menu entries are replaced by a line that
+// prints the choice, and the board halts. grub-emu cannot save_env (its
+// host files have no block list), so the test saves the tries with
+// grub-editenv, as GRUB would.
+func newGRUBEmuSim(t *testing.T) *grubSim {
+	t.Helper()
+	needTool(t, "grub-emu", "grub-emu")
+	s := newGRUBSim(t)
+	s.emu = true
+	cfg, err := os.ReadFile("../../../deploy/grub/grub.cfg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel, _, ok := strings.Cut(string(cfg), "\nmenuentry ")
+	if !ok {
+		t.Fatal("deploy/grub/grub.cfg has no menuentry")
+	}
+	sel += "\necho \"aftercare-emu slot=${slot} A_TRY=${A_TRY} B_TRY=${B_TRY}\"\nhalt\n"
+	if err := os.WriteFile(filepath.Join(s.dir, "grub.cfg"), []byte(sel), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// emuSelect runs grub.cfg in grub-emu and returns the slot it chose and
+// the tries it would save.
+func (s *grubSim) emuSelect(t *testing.T) (slot string, vars map[string]string) {
+	t.Helper()
+	cmd := exec.Command("grub-emu", "-d", s.dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("grub-emu: %v: %q", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		_, rest, ok := strings.Cut(line, "aftercare-emu ")
+		if !ok {
+			continue
+		}
+		vars = map[string]string{}
+		for _, f := range strings.Fields(rest) {
+			if k, v, ok := strings.Cut(f, "="); ok {
+				vars[k] = v
+			}
+		}
+		return vars["slot"], vars
+	}
+	t.Fatalf("grub-emu printed no choice: %q", out)
+	return "", nil
 }
 
 func newGRUBSim(t *testing.T) *grubSim {
@@ -203,19 +256,24 @@ func (s *grubSim) powerOn(t *testing.T) firmware.Slot {
 		}
 		return ""
 	}
-	order := strings.Fields(vars["ORDER"])
-	slot := pick(order, true)
-	if slot == "" {
-		for _, n := range []string{"A", "B"} {
-			if vars[n+"_OK"] == "1" {
-				vars[n+"_TRY"] = "0"
+	var slot string
+	if s.emu {
+		slot, vars = s.emuSelect(t)
+	} else {
+		order := strings.Fields(vars["ORDER"])
+		slot = pick(order, true)
+		if slot == "" {
+			for _, n := range []string{"A", "B"} {
+				if vars[n+"_OK"] == "1" {
+					vars[n+"_TRY"] = "0"
+				}
+			}
+			if slot = pick(append(order, "A"), false); slot == "" {
+				slot = "A"
 			}
 		}
-		if slot = pick(append(order, "A"), false); slot == "" {
-			slot = "A"
-		}
+		vars[slot+"_TRY"] = "1"
 	}
-	vars[slot+"_TRY"] = "1"
 	for _, path := range []string{s.env, s.backup} {
 		// save_env fails on a copy that did not load or is too short to
 		// hold the block; grub.cfg goes on with the other.
