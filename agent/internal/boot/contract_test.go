@@ -2,10 +2,12 @@ package boot_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/aftercare/aftercare/agent/internal/boot"
@@ -151,6 +153,7 @@ func TestContract(t *testing.T) {
 	}
 	for _, dev := range devices {
 		t.Run(dev.name, func(t *testing.T) {
+			t.Parallel()
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
 					dev.new(t).run(t, tt.steps)
@@ -174,16 +177,12 @@ func tearOffsets(kind tearKind, old, new []byte) []int {
 			}
 		}
 	case tearTruncate:
-		// Every third byte (with -short every eleventh) through the variables (after the block's two
-		// comment lines, before the '#' padding), a few elsewhere.
+		// Every byte through the variables (after the block's two comment
+		// lines, before the '#' padding), a few elsewhere.
 		start := bytes.Index(new, []byte("!!!\n")) + 4
 		end := bytes.LastIndexByte(new, '\n') + 1
 		ks = append(ks, 1, 24, 25, start-1)
-		step := 3
-		if testing.Short() {
-			step = 11
-		}
-		for k := start; k <= end; k += step {
+		for k := start; k <= end; k++ {
 			ks = append(ks, k)
 		}
 		ks = append(ks, end+1, n/2, n-1)
@@ -209,6 +208,27 @@ func torn(kind tearKind, old, new []byte, k int) []byte {
 		return slices.Clone(old)
 	}
 	return slices.Clone(new)
+}
+
+// tornKey names what a bootloader and the adapter can tell of a state.
+// GRUB sees a truncated copy only through what grub-editenv's parser (the
+// same as load_env's) reads from it, whether it is a full block, and how
+// many of the two tries a save_env could add in its '#' padding (8 bytes
+// each); two prefixes alike in these are the same state.
+func tornKey(t *testing.T, kind tearKind, state [][]byte) string {
+	t.Helper()
+	if kind != tearTruncate {
+		return string(bytes.Join(state, []byte{0}))
+	}
+	var key strings.Builder
+	scratch := filepath.Join(t.TempDir(), "grubenv")
+	for _, b := range state[:2] { // the two copies; the command line does not matter
+		os.WriteFile(scratch, b, 0o644)
+		out, err := exec.Command("grub-editenv", scratch, "list").Output()
+		room := min((len(b)-len(bytes.TrimRight(b, "#")))/8, 2)
+		fmt.Fprintf(&key, "full=%v room=%d err=%v vars=%q\n", len(b) == 1024, room, err != nil, out)
+	}
+	return key.String()
 }
 
 func restore(t *testing.T, paths []string, data [][]byte) {
@@ -273,6 +293,7 @@ func TestContractTornWrites(t *testing.T) {
 				t.Run(tt.name, func(t *testing.T) {
 					d := dev.new(t)
 					d.run(t, tt.setup)
+					seen := map[string]bool{}
 					old := snapshot(t, d.files...)
 					d.run(t, steps(tt.write))
 					new := snapshot(t, d.files...)
@@ -290,6 +311,11 @@ func TestContractTornWrites(t *testing.T) {
 								state[m] = new[m]
 							}
 							state[j] = torn(d.tear, old[j], new[j], k)
+							if key := tornKey(t, d.tear, state); seen[key] {
+								continue // GRUB reads it as a state already checked
+							} else {
+								seen[key] = true
+							}
 							restore(t, d.files, state)
 							first := d.powerOn(t)
 							if !slices.Contains(tt.allowed, first) {
