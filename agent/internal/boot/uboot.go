@@ -233,19 +233,16 @@ func (u *UBoot) set(vars []ubootVar) error {
 	return nil
 }
 
+// holds reports whether the environment already reads as vars (missing
+// variables read as the boot script's defaults).
 func (st ubootState) holds(vars []ubootVar) bool {
+	cur := map[string]string{ubootOrder: orderString(st.order)}
+	for s, n := range st.left {
+		cur[ubootLeft(s)] = strconv.Itoa(n)
+	}
 	for _, v := range vars {
-		switch v.name {
-		case ubootOrder:
-			if orderString(st.order) != v.value {
-				return false
-			}
-		default:
-			for s, n := range st.left {
-				if ubootLeft(s) == v.name && strconv.Itoa(n) != v.value {
-					return false
-				}
-			}
+		if cur[v.name] != v.value {
+			return false
 		}
 	}
 	return true
