@@ -46,10 +46,11 @@ type device struct {
 }
 
 var devices = []struct {
-	name string
-	new  func(*testing.T) *device
+	name  string
+	tools []string // skip (or fail under CI) without these
+	new   func(*testing.T) *device
 }{
-	{"file", func(t *testing.T) *device {
+	{"file", nil, func(t *testing.T) *device {
 		dir := t.TempDir()
 		f, err := boot.OpenFile(dir)
 		if err != nil {
@@ -65,7 +66,7 @@ var devices = []struct {
 			return s
 		}, files: []string{env, filepath.Join(dir, "booted")}, envFiles: []string{env}, tear: tearAtomic}
 	}},
-	{"uboot", func(t *testing.T) *device {
+	{"uboot", []string{"fw_printenv", "fw_setenv"}, func(t *testing.T) *device {
 		s := newUBootSim(t)
 		if got := s.powerOn(t); got != slotA { // the factory's first boot
 			t.Fatalf("first power-on of a blank environment booted %s, want a", got)
@@ -74,18 +75,26 @@ var devices = []struct {
 		return &device{bl: u, powerOn: s.powerOn, files: []string{s.copies[0], s.copies[1], s.cmdline},
 			envFiles: s.copies[:], tear: tearOverwrite}
 	}},
-	{"grub", func(t *testing.T) *device {
+	{"grub", []string{"grub-editenv"}, func(t *testing.T) *device {
 		s := newGRUBSim(t)
 		g := s.open(t)
 		return &device{bl: g, powerOn: s.powerOn, files: []string{s.env, s.backup, s.cmdline},
 			envFiles: []string{s.env, s.backup}, tear: tearTruncate}
 	}},
-	{"grub-emu", func(t *testing.T) *device {
+	{"grub-emu", []string{"grub-editenv", "grub-emu"}, func(t *testing.T) *device {
 		s := newGRUBEmuSim(t)
 		g := s.open(t)
 		return &device{bl: g, powerOn: s.powerOn, files: []string{s.env, s.backup, s.cmdline},
 			envFiles: []string{s.env, s.backup}, tear: tearTruncate}
 	}},
+}
+
+func needTools(t *testing.T, tools []string) {
+	t.Helper()
+	for _, tool := range tools {
+		needTool(t, tool, map[string]string{"fw_printenv": "libubootenv-tool", "fw_setenv": "libubootenv-tool",
+			"grub-editenv": "grub-common", "grub-emu": "grub-emu"}[tool])
+	}
 }
 
 // step is one thing that happens to a device.
@@ -154,6 +163,7 @@ func TestContract(t *testing.T) {
 	for _, dev := range devices {
 		t.Run(dev.name, func(t *testing.T) {
 			t.Parallel()
+			needTools(t, dev.tools)
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
 					dev.new(t).run(t, tt.steps)
@@ -288,6 +298,7 @@ func TestContractTornWrites(t *testing.T) {
 		}
 		t.Run(dev.name, func(t *testing.T) {
 			t.Parallel() // the tools mostly wait on fsync
+			needTools(t, dev.tools)
 			states := 0
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {

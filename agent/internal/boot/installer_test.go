@@ -23,6 +23,7 @@ func TestInstallerOnEachBootloader(t *testing.T) {
 	for _, dev := range devices {
 		t.Run(dev.name, func(t *testing.T) {
 			t.Parallel()
+			needTools(t, dev.tools)
 			d := dev.new(t)
 			dir := t.TempDir()
 			slots := map[firmware.Slot]string{slotA: filepath.Join(dir, "a.img"), slotB: filepath.Join(dir, "b.img")}
