@@ -21,6 +21,7 @@ import (
 	"github.com/aftercare/aftercare/agent/internal/boot"
 	"github.com/aftercare/aftercare/agent/internal/config"
 	"github.com/aftercare/aftercare/agent/internal/health"
+	"github.com/aftercare/aftercare/agent/internal/install"
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/protocol"
 )
@@ -81,9 +82,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}
 		log.Info("enrolled", "device_id", id.DeviceID, "site_id", id.SiteID)
 	}
-	bl, err := boot.OpenFile(cfg.BootDir)
+	bl, fileBoot, err := openBootloader(cfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("bootloader %s: %w", cfg.Bootloader, err)
 	}
 	checker := health.Checker{Commands: cfg.HealthCommands, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
 	for {
@@ -102,9 +103,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		if !errors.Is(err, agent.ErrReboot) {
 			return err
 		}
-		if cfg.Bootloader == "file" {
+		if fileBoot != nil {
 			// No real bootloader: play its part and start again.
-			slot, err := bl.PowerOn()
+			slot, err := fileBoot.PowerOn()
 			if err != nil {
 				return err
 			}
@@ -117,5 +118,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}
 		<-ctx.Done()
 		return nil
+	}
+}
+
+// openBootloader builds the configured bootloader adapter. The *boot.File
+// is set only for the file bootloader, whose reboots the agent plays.
+func openBootloader(cfg config.Config) (install.Bootloader, *boot.File, error) {
+	switch cfg.Bootloader {
+	case "uboot":
+		u, err := boot.OpenUBoot(boot.UBootOptions{Config: cfg.FwEnvConfig, Cmdline: cfg.KernelCmdline, Attempts: cfg.BootAttempts})
+		if err != nil {
+			return nil, nil, err
+		}
+		return u, nil, nil
+	case "grub":
+		g, err := boot.OpenGRUB(boot.GRUBOptions{Env: cfg.GrubEnv, Backup: cfg.GrubEnvBackup, Cmdline: cfg.KernelCmdline})
+		if err != nil {
+			return nil, nil, err
+		}
+		return g, nil, nil
+	default: // "file"; Validate refused anything else
+		f, err := boot.OpenFile(cfg.BootDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		return f, f, nil
 	}
 }

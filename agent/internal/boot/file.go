@@ -1,5 +1,13 @@
 // Package boot holds the bootloader adapters: each tells the installer which
-// slot booted, arms a slot to be tried once, and commits the running slot.
+// slot booted, arms a slot to be tried once, and commits the running slot
+// (install.Bootloader).
+//
+// UBoot drives a redundant U-Boot environment with fw_printenv and
+// fw_setenv, one atomic fw_setenv -s per change (uboot.go). GRUB drives two
+// grubenv copies with grub-editenv, written in a fixed order because a
+// grubenv is not power-safe (grub.go). Both use RAUC's variables and read
+// the booted slot from rauc.slot= on the kernel command line; their boot
+// scripts are deploy/uboot/boot.cmd and deploy/grub/grub.cfg.
 //
 // File is the adapter for tests and the fleet simulator. It keeps the
 // bootloader environment in a small JSON file with the same semantics as

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/aftercare/aftercare/agent/internal/slowread"
@@ -55,10 +56,28 @@ type Config struct {
 	// 1h, jittered by ±20%.
 	PollInterval time.Duration `yaml:"poll_interval" env:"POLL_INTERVAL"`
 	// Bootloader is "file" (a file-backed environment in BootDir, for
-	// development and tests).
+	// development and the simulator; the default), "uboot" (fw_setenv on a
+	// redundant U-Boot environment) or "grub" (grub-editenv on two grubenv
+	// copies). See docs/agent.md.
 	Bootloader string `yaml:"bootloader" env:"BOOTLOADER"`
 	// BootDir is the file bootloader's directory; default StateDir/boot.
 	BootDir string `yaml:"boot_dir" env:"BOOT_DIR"`
+	// FwEnvConfig is the fw_env.config naming the two copies of the U-Boot
+	// environment; default /etc/fw_env.config (uboot only).
+	FwEnvConfig string `yaml:"fw_env_config" env:"FW_ENV_CONFIG"`
+	// GrubEnv is the GRUB environment file; default /boot/grub/grubenv
+	// (grub only).
+	GrubEnv string `yaml:"grubenv" env:"GRUBENV"`
+	// GrubEnvBackup is its second copy, written after GrubEnv; default
+	// GrubEnv + ".bak" (grub only).
+	GrubEnvBackup string `yaml:"grubenv_backup" env:"GRUBENV_BACKUP"`
+	// KernelCmdline is read for the booted slot (rauc.slot=A or B);
+	// default /proc/cmdline (uboot and grub).
+	KernelCmdline string `yaml:"kernel_cmdline" env:"KERNEL_CMDLINE"`
+	// BootAttempts is how many boots a committed slot gets from U-Boot
+	// without being marked good again before it falls back; 1 to 9,
+	// default 3 (uboot only: GRUB's TRY flag allows one).
+	BootAttempts int `yaml:"boot_attempts" env:"BOOT_ATTEMPTS"`
 	// SlotA and SlotB are the two system partitions (block devices, or
 	// files with the file bootloader); required.
 	SlotA string `yaml:"slot_a" env:"SLOT_A"`
@@ -86,6 +105,10 @@ func Default() Config {
 		DownloadMinRate:      1 << 10,
 		PollInterval:         time.Hour,
 		Bootloader:           "file",
+		FwEnvConfig:          "/etc/fw_env.config",
+		GrubEnv:              "/boot/grub/grubenv",
+		KernelCmdline:        "/proc/cmdline",
+		BootAttempts:         3,
 		HealthTimeout:        2 * time.Minute,
 		RebootCommand:        []string{"systemctl", "reboot"},
 		OutboxBytes:          4 << 20,
@@ -126,6 +149,9 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	if cfg.BootDir == "" {
 		cfg.BootDir = cfg.StateDir + "/boot"
 	}
+	if cfg.GrubEnvBackup == "" && cfg.GrubEnv != "" {
+		cfg.GrubEnvBackup = cfg.GrubEnv + ".bak"
+	}
 	return cfg, cfg.Validate()
 }
 
@@ -164,9 +190,7 @@ func (c Config) Validate() error {
 	if c.DownloadMinRate < 1 {
 		errs = append(errs, fmt.Errorf("download_min_rate %d must be at least 1 byte per second", c.DownloadMinRate))
 	}
-	if c.Bootloader != "file" {
-		errs = append(errs, fmt.Errorf("bootloader %q is not supported (supported: file)", c.Bootloader))
-	}
+	errs = append(errs, c.validateBootloader()...)
 	if c.SlotA == "" || c.SlotB == "" || c.SlotA == c.SlotB {
 		errs = append(errs, fmt.Errorf("slot_a %q and slot_b %q must be two different devices or files", c.SlotA, c.SlotB))
 	}
@@ -181,6 +205,39 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log_level %q is not debug, info, warn or error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+// validateBootloader checks the selected bootloader's settings.
+func (c Config) validateBootloader() []error {
+	var errs []error
+	abs := func(key, v string) {
+		if !filepath.IsAbs(v) {
+			errs = append(errs, fmt.Errorf("%s %q must be an absolute path (bootloader %s)", key, v, c.Bootloader))
+		}
+	}
+	switch c.Bootloader {
+	case "file":
+		if c.BootDir == "" {
+			errs = append(errs, errors.New("boot_dir is required with bootloader file"))
+		}
+	case "uboot":
+		abs("fw_env_config", c.FwEnvConfig)
+		abs("kernel_cmdline", c.KernelCmdline)
+		// U-Boot's setexpr computes in hex: keep counters one digit.
+		if c.BootAttempts < 1 || c.BootAttempts > 9 {
+			errs = append(errs, fmt.Errorf("boot_attempts %d must be 1 to 9", c.BootAttempts))
+		}
+	case "grub":
+		abs("grubenv", c.GrubEnv)
+		abs("grubenv_backup", c.GrubEnvBackup)
+		abs("kernel_cmdline", c.KernelCmdline)
+		if c.GrubEnv != "" && filepath.Clean(c.GrubEnv) == filepath.Clean(c.GrubEnvBackup) {
+			errs = append(errs, fmt.Errorf("grubenv_backup %q must be a second file, not grubenv itself", c.GrubEnvBackup))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("bootloader %q is not supported (supported: file, uboot, grub)", c.Bootloader))
+	}
+	return errs
 }
 
 // DownloadLimits are the slow-retrieval limits of every download.

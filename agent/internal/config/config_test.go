@@ -67,3 +67,59 @@ func TestShippedExampleIsValid(t *testing.T) {
 		t.Fatalf("deploy/agent/agent.yaml: %v", err)
 	}
 }
+
+func TestBootloaderSettings(t *testing.T) {
+	tests := []struct {
+		name    string
+		extra   string
+		env     map[string]string
+		wantErr []string // each must appear; none means valid
+		check   func(t *testing.T, c config.Config)
+	}{
+		{"default-is-file", "", nil, nil, func(t *testing.T, c config.Config) {
+			if c.Bootloader != "file" || c.BootAttempts != 3 || c.KernelCmdline != "/proc/cmdline" {
+				t.Errorf("defaults = %q, %d, %q", c.Bootloader, c.BootAttempts, c.KernelCmdline)
+			}
+		}},
+		{"uboot", "bootloader: uboot\nfw_env_config: /etc/fw_env.config\nboot_attempts: 5\n", nil, nil, func(t *testing.T, c config.Config) {
+			if c.FwEnvConfig != "/etc/fw_env.config" || c.BootAttempts != 5 {
+				t.Errorf("uboot settings = %q, %d", c.FwEnvConfig, c.BootAttempts)
+			}
+		}},
+		{"grub-backup-default", "bootloader: grub\ngrubenv: /boot/efi/EFI/debian/grubenv\n", nil, nil, func(t *testing.T, c config.Config) {
+			if c.GrubEnvBackup != "/boot/efi/EFI/debian/grubenv.bak" {
+				t.Errorf("grubenv_backup = %q, want grubenv + .bak", c.GrubEnvBackup)
+			}
+		}},
+		{"from-env", "", map[string]string{"AFTERCARE_BOOTLOADER": "grub", "AFTERCARE_KERNEL_CMDLINE": "/run/cmdline"}, nil, func(t *testing.T, c config.Config) {
+			if c.Bootloader != "grub" || c.KernelCmdline != "/run/cmdline" {
+				t.Errorf("from env = %q, %q", c.Bootloader, c.KernelCmdline)
+			}
+		}},
+		{"unknown-bootloader", "bootloader: barebox\n", nil, []string{`bootloader "barebox" is not supported (supported: file, uboot, grub)`}, nil},
+		{"uboot-attempts-out-of-range", "bootloader: uboot\nboot_attempts: 10\n", nil, []string{"boot_attempts 10 must be 1 to 9"}, nil},
+		{"uboot-relative-paths", "bootloader: uboot\nfw_env_config: fw_env.config\nkernel_cmdline: cmdline\n", nil,
+			[]string{`fw_env_config "fw_env.config" must be an absolute path`, `kernel_cmdline "cmdline" must be an absolute path`}, nil},
+		{"grub-backup-is-grubenv", "bootloader: grub\ngrubenv: /boot/grub/grubenv\ngrubenv_backup: /boot/grub/grubenv\n", nil,
+			[]string{"grubenv_backup \"/boot/grub/grubenv\" must be a second file"}, nil},
+		{"grub-no-env", "bootloader: grub\ngrubenv: \"\"\n", nil, []string{`grubenv "" must be an absolute path`}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, valid+tt.extra)
+			cfg, err := config.Load([]string{"-config", p}, env(tt.env))
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("Load() = %v", err)
+				}
+				tt.check(t, cfg)
+				return
+			}
+			for _, want := range tt.wantErr {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("Load() = %v, want it to contain %q", err, want)
+				}
+			}
+		})
+	}
+}

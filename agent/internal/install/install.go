@@ -292,10 +292,15 @@ const (
 // AfterBoot finishes an install the journal says was in progress: it runs
 // health on the new slot and commits it, or reports the fallback. health is
 // called only when the new slot booted.
+//
+// Whenever the booted slot is not a trial, AfterBoot commits it again:
+// RAUC's "mark good". U-Boot's and GRUB's boot scripts count every boot
+// of the committed slot, and fall back once it has not been marked good
+// for its attempts.
 func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, Job) error) (Outcome, error) {
 	var j journal
 	if err := readJSON(i.journalPath(), &j); errors.Is(err, os.ErrNotExist) {
-		return Outcome{}, nil
+		return Outcome{}, i.markGood()
 	} else if err != nil {
 		return Outcome{}, err
 	}
@@ -308,6 +313,11 @@ func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, 
 	case j.Phase == PhaseWriting:
 		// The slot's status was cleared before writing began.
 		out.Kind, out.Reason = Interrupted, "the agent stopped while writing slot "+string(j.Slot)
+		if booted != j.Slot {
+			if err := i.markGood(); err != nil {
+				return Outcome{}, err
+			}
+		}
 	case booted != j.Slot:
 		out.Kind = RolledBack
 		out.Reason = j.Reason
@@ -316,6 +326,9 @@ func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, 
 		}
 		// The new slot failed; never let it look installable again.
 		if err := i.setSlot(j.Slot, nil); err != nil {
+			return Outcome{}, err
+		}
+		if err := i.markGood(); err != nil {
 			return Outcome{}, err
 		}
 	case j.Phase == PhaseHealthFailed:
@@ -340,6 +353,19 @@ func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, 
 	}
 	i.opts.Log.Info("install finished", "outcome", out.Kind, "target", j.Job.Target, "reason", out.Reason)
 	return out, nil
+}
+
+// markGood commits the booted slot again, which re-arms the bootloader's
+// boot counter for it.
+func (i *Installer) markGood() error {
+	booted, err := i.opts.Boot.Booted()
+	if err != nil {
+		return err
+	}
+	if err := i.opts.Boot.Commit(booted); err != nil {
+		return fmt.Errorf("mark slot %s good: %w", booted, err)
+	}
+	return nil
 }
 
 func (i *Installer) clearJournal() error {
