@@ -21,6 +21,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/api"
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/release"
@@ -107,8 +108,12 @@ func newStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	people, err := access.New(access.Options{Store: st.store, Log: log, AdminToken: adminToken})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
-		AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20})
+		Access: people, Store: st.store, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,9 +352,9 @@ func TestEnrollmentAndSites(t *testing.T) {
 		{"no-admin-token", "GET", "/api/v1/sites", "", nil, 401},
 		{"device-token-is-not-admin", "GET", "/api/v1/sites", dev.DeviceToken, nil, 401},
 		// Devices learn their assignment from the rollout repository
-		// only; the old endpoint is gone (the admin group answers 401
-		// before routing an unknown path).
-		{"no-assignment-endpoint", "GET", "/api/v1/device/assignment", dev.DeviceToken, nil, 401},
+		// only; the old endpoint is gone (an unknown path is 404 before
+		// any token check: the route table is public, in docs/api.md).
+		{"no-assignment-endpoint", "GET", "/api/v1/device/assignment", dev.DeviceToken, nil, 404},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/aftercare/aftercare/internal/atomicfile"
+	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/api"
 	"github.com/aftercare/aftercare/server/internal/broker"
 	"github.com/aftercare/aftercare/server/internal/config"
@@ -105,10 +106,14 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if err := s.connectBroker(ctx, fl); err != nil {
 		return nil, err
 	}
+	people, err := access.New(access.Options{Store: s.store, Log: log.With("component", "access"), AdminToken: adminToken})
+	if err != nil {
+		return nil, err
+	}
 	handler, err := api.New(api.Options{
 		Fleet: fl, Releases: releases, Repo: s.repo, Rollout: s.rollout,
 		Vuln: vulns, FeedSync: s.feedSync(vulns), MaxFeedBytes: cfg.Vuln.MaxFeedBytes,
-		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), AdminToken: adminToken,
+		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), Access: people, Store: s.store,
 		MaxBundleBytes: cfg.MaxBundleBytes, Log: log,
 	})
 	if err != nil {
