@@ -276,10 +276,10 @@ func (s *Service) DisableUser(ctx context.Context, p Principal, user, reason str
 
 // A TokenRequest asks for a new API token.
 type TokenRequest struct {
-	User      string        `json:"user"` // ID or name
-	Name      string        `json:"name"` // what the token is for, e.g. "ci"
+	User      string `json:"user"`                 // ID or name
+	Name      string `json:"name"`                 // what the token is for, e.g. "ci"
 	ExpiresIn string `json:"expires_in,omitempty"` // e.g. "720h"; "" never expires
-	Reason    string        `json:"reason,omitempty"`
+	Reason    string `json:"reason,omitempty"`
 }
 
 // maxTokenLifetime bounds ExpiresIn (0 means no expiry).

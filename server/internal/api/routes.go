@@ -63,10 +63,10 @@ func (h *handlers) routes() []route {
 		{"POST", "/api/v1/rollouts", access.RolloutsWrite, "rollout.create", h.createRollout},
 
 		{"GET", "/api/v1/users", access.UsersRead, "", h.listUsers},
-		{"POST", "/api/v1/users", access.UsersWrite, "", h.createUser},               // audited in the same transaction
+		{"POST", "/api/v1/users", access.UsersWrite, "", h.createUser},              // audited in the same transaction
 		{"POST", "/api/v1/users/:id/disable", access.UsersWrite, "", h.disableUser}, // audited in the same transaction
 		{"GET", "/api/v1/tokens", access.UsersRead, "", h.listTokens},
-		{"POST", "/api/v1/tokens", access.UsersWrite, "", h.createToken},             // audited in the same transaction
+		{"POST", "/api/v1/tokens", access.UsersWrite, "", h.createToken},            // audited in the same transaction
 		{"POST", "/api/v1/tokens/:id/revoke", access.UsersWrite, "", h.revokeToken}, // audited in the same transaction
 		{"GET", "/api/v1/audit", access.AuditRead, "", h.listAudit},
 		{"GET", "/api/v1/audit/verify", access.AuditRead, "", h.verifyAudit},
