@@ -348,3 +348,21 @@ func (s *Service) RevokeToken(ctx context.Context, p Principal, tokenID, reason 
 	s.opts.Log.Info("token revoked", "token_id", t.ID, "actor", p.Name)
 	return s.opts.Store.Token(ctx, t.ID)
 }
+
+// AuditDisposition appends a disposition change to the audit log, with the
+// role of the principal in ctx (see WithPrincipal). It is the
+// vulnerability monitor's audit hook (vuln.Options.Audit).
+func (s *Service) AuditDisposition(ctx context.Context, ch store.DispositionChange) error {
+	role := "unknown"
+	if p, ok := FromContext(ctx); ok {
+		role = string(p.Role)
+	}
+	object := "disposition/" + ch.Product + "/" + ch.VulnID
+	if ch.ReleaseID != "" {
+		object += "/release/" + ch.ReleaseID
+	}
+	_, err := s.opts.Store.AppendAudit(ctx, audit.Record{
+		Actor: ch.Actor, Role: role, Action: "disposition.set", Object: object, Reason: ch.Reason, Details: ch,
+	}, ch.At)
+	return err
+}

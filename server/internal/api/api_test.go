@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigstore/sigstore/pkg/signature"
 
@@ -46,6 +47,7 @@ type stack struct {
 	rootKey  signature.Signer
 	// rolloutDir holds the rollout repository.
 	rolloutDir string
+	handler    http.Handler // the *echo.Echo
 }
 
 // storeSource reads assignments for the rollout repository from the store,
@@ -67,8 +69,14 @@ func (s storeSource) Assignments(ctx context.Context, ids []string) ([]tufrepo.A
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
+	return newStackWith(t, storetest.SQLite(t), nil)
+}
+
+// newStackWith builds a stack on s with the clock now (nil: time.Now).
+func newStackWith(t *testing.T, s *store.Store, now func() time.Time) *stack {
+	t.Helper()
 	ctx := context.Background()
-	st := &stack{dataDir: t.TempDir(), keysDir: t.TempDir()}
+	st := &stack{dataDir: t.TempDir(), keysDir: t.TempDir(), store: s}
 	if _, err := signing.InitRepository(ctx, signing.InitOptions{Dir: st.keysDir}); err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +96,11 @@ func newStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.store = storetest.SQLite(t)
-	vulns, err := vuln.New(vuln.Options{Store: st.store, Log: log})
+	people, err := access.New(access.Options{Store: st.store, Log: log, AdminToken: adminToken, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vulns, err := vuln.New(vuln.Options{Store: st.store, Log: log, Audit: people.AuditDisposition})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,15 +119,12 @@ func newStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	people, err := access.New(access.Options{Store: st.store, Log: log, AdminToken: adminToken})
-	if err != nil {
-		t.Fatal(err)
-	}
 	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
-		Access: people, Store: st.store, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20})
+		Access: people, Store: st.store, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
+	st.handler = h
 	st.srv = httptest.NewServer(h)
 	t.Cleanup(st.srv.Close)
 	return st

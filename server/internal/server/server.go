@@ -77,7 +77,11 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if s.repo, err = openRepo(ctx, cfg, getenv, log); err != nil {
 		return nil, err
 	}
-	vulns, err := newVuln(cfg, s.store, log)
+	people, err := access.New(access.Options{Store: s.store, Log: log.With("component", "access"), AdminToken: adminToken})
+	if err != nil {
+		return nil, err
+	}
+	vulns, err := newVuln(cfg, s.store, people, log)
 	if err != nil {
 		return nil, err
 	}
@@ -104,10 +108,6 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		return nil, err
 	}
 	if err := s.connectBroker(ctx, fl); err != nil {
-		return nil, err
-	}
-	people, err := access.New(access.Options{Store: s.store, Log: log.With("component", "access"), AdminToken: adminToken})
-	if err != nil {
 		return nil, err
 	}
 	handler, err := api.New(api.Options{

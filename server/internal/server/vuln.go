@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/aftercare/aftercare/server/internal/access"
-	"github.com/aftercare/aftercare/server/internal/audit"
 	"github.com/aftercare/aftercare/server/internal/config"
 	"github.com/aftercare/aftercare/server/internal/sbom"
 	"github.com/aftercare/aftercare/server/internal/store"
@@ -27,7 +26,7 @@ const (
 )
 
 // newVuln builds the vulnerability monitor and its notifier from cfg.
-func newVuln(cfg config.Config, st *store.Store, log *slog.Logger) (*vuln.Service, error) {
+func newVuln(cfg config.Config, st *store.Store, people *access.Service, log *slog.Logger) (*vuln.Service, error) {
 	v := cfg.Vuln
 	if err := vuln.ValidateSyncSources(syncSources(v)); err != nil {
 		return nil, err
@@ -48,27 +47,8 @@ func newVuln(cfg config.Config, st *store.Store, log *slog.Logger) (*vuln.Servic
 		Store: st, Log: log.With("component", "vuln"), Policy: policy, Notifier: notifier,
 		SBOMLimits:  sbom.Limits{MaxBytes: v.MaxSBOMBytes, MaxDepth: v.SBOMMaxDepth, MaxComponents: v.SBOMMaxComponents},
 		ProductPURL: v.VEXProductPURL, Author: v.VEXAuthor,
-		Audit: auditDisposition(st),
+		Audit: people.AuditDisposition,
 	})
-}
-
-// auditDisposition appends each disposition change to the audit log, with
-// the role of the principal that made it (from the request context).
-func auditDisposition(st *store.Store) vuln.AuditFunc {
-	return func(ctx context.Context, ch store.DispositionChange) error {
-		role := "unknown"
-		if p, ok := access.FromContext(ctx); ok {
-			role = string(p.Role)
-		}
-		object := "disposition/" + ch.Product + "/" + ch.VulnID
-		if ch.ReleaseID != "" {
-			object += "/release/" + ch.ReleaseID
-		}
-		_, err := st.AppendAudit(ctx, audit.Record{
-			Actor: ch.Actor, Role: role, Action: "disposition.set", Object: object, Reason: ch.Reason, Details: ch,
-		}, ch.At)
-		return err
-	}
 }
 
 func syncSources(v config.Vuln) []vuln.SyncSource {

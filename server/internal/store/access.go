@@ -300,19 +300,18 @@ func (s *Store) TokenByHash(ctx context.Context, secretHash string) (Token, User
 
 // ReleasesOfSites returns the IDs of the releases that devices at the
 // given sites run or are assigned: what hospital IT of those sites may
-// see.
+// see. A device runs a release when its installed version is the
+// release's and its model is one of the release's (per the SBOM's model
+// list where it was ingested; by version alone otherwise).
 func (s *Store) ReleasesOfSites(ctx context.Context, siteIDs []string) ([]string, error) {
 	if len(siteIDs) == 0 {
 		return nil, nil
 	}
-	running, err := s.ReleasesRunningAt(ctx, siteIDs)
-	if err != nil {
-		return nil, err
-	}
-	assigned, err := s.queryStrings(ctx, `SELECT DISTINCT a.release_id FROM assignments a JOIN devices d ON d.id = a.device_id
-		WHERE d.site_id IN (`+placeholders(len(siteIDs))+`)`, appendAll(nil, siteIDs)...)
-	if err != nil {
-		return nil, fmt.Errorf("releases assigned at sites: %w", err)
-	}
-	return append(running, assigned...), nil
+	in := placeholders(len(siteIDs))
+	args := appendAll(nil, siteIDs)
+	return s.queryStrings(ctx, `SELECT r.id FROM releases r JOIN devices d ON d.installed_version = r.version
+			WHERE d.site_id IN (`+in+`) AND (EXISTS (SELECT 1 FROM release_models rm WHERE rm.release_id = r.id AND rm.model = d.model)
+				OR NOT EXISTS (SELECT 1 FROM release_models rm WHERE rm.release_id = r.id))
+		UNION SELECT a.release_id FROM assignments a JOIN devices d ON d.id = a.device_id WHERE d.site_id IN (`+in+`)`,
+		append(args, args...)...)
 }
