@@ -151,7 +151,23 @@ func usersCmd(e *env) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(create, list, disable)
+	var newOrg string
+	var newSites []string
+	setRole := &cobra.Command{
+		Use:   "set-role USER ROLE",
+		Short: "Change a user's role (and, for hospital_it, its --organisation or --site)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var u user
+			body := map[string]any{"role": args[1], "organisation": newOrg, "site_ids": newSites}
+			return e.postShow(cmd.Context(), "/api/v1/users/"+url.PathEscape(args[0])+"/role", body, &u, func(w io.Writer) {
+				fmt.Fprintf(w, "user %s is now %s\n", u.Name, u.Role)
+			})
+		},
+	}
+	setRole.Flags().StringVar(&newOrg, "organisation", "", "hospital_it: the organisation (ID or name)")
+	setRole.Flags().StringSliceVar(&newSites, "site", nil, "hospital_it: a site ID (repeat for several)")
+	cmd.AddCommand(create, list, disable, setRole)
 	return cmd
 }
 

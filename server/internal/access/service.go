@@ -215,12 +215,47 @@ type UserRequest struct {
 // CreateUser adds a user. Hospital IT needs an organisation or sites (not
 // both); the other roles take neither.
 func (s *Service) CreateUser(ctx context.Context, p Principal, req UserRequest) (store.User, error) {
-	problems := nonEmpty(checkName("name", req.Name))
+	u := store.User{ID: uuid.NewString(), Name: req.Name, CreatedAt: s.now()}
+	if err := s.checkRole(ctx, &u, req, nonEmpty(checkName("name", req.Name))); err != nil {
+		return store.User{}, err
+	}
+	rec := p.Record("user.create", "user/"+u.ID, req.Reason, map[string]any{"name": u.Name, "role": u.Role, "organisation_id": u.OrganisationID, "site_ids": u.SiteIDs})
+	if err := s.opts.Store.CreateUser(ctx, u, rec); err != nil {
+		return store.User{}, err
+	}
+	s.opts.Log.Info("user created", "user_id", u.ID, "role", u.Role, "actor", p.Name)
+	return u, nil
+}
+
+// SetRole changes the role and scope of a user (by ID or name); req.Name
+// is ignored. The change applies from the user's next request.
+func (s *Service) SetRole(ctx context.Context, p Principal, user string, req UserRequest) (store.User, error) {
+	old, err := s.opts.Store.User(ctx, user)
+	if err != nil {
+		return store.User{}, err
+	}
+	u := store.User{ID: old.ID, Name: old.Name, CreatedAt: old.CreatedAt, DisabledAt: old.DisabledAt}
+	if err := s.checkRole(ctx, &u, req, nil); err != nil {
+		return store.User{}, err
+	}
+	rec := p.Record("user.role", "user/"+u.ID, req.Reason, map[string]any{"name": u.Name,
+		"from": map[string]any{"role": old.Role, "organisation_id": old.OrganisationID, "site_ids": old.SiteIDs},
+		"to":   map[string]any{"role": u.Role, "organisation_id": u.OrganisationID, "site_ids": u.SiteIDs}})
+	if err := s.opts.Store.SetUserRole(ctx, u, rec, s.now()); err != nil {
+		return store.User{}, err
+	}
+	s.opts.Log.Info("user role changed", "user_id", u.ID, "role", u.Role, "actor", p.Name)
+	return s.opts.Store.User(ctx, u.ID)
+}
+
+// checkRole validates req's role and scope into u, reporting every problem
+// (with those given) at once.
+func (s *Service) checkRole(ctx context.Context, u *store.User, req UserRequest, problems []string) error {
 	role, err := ParseRole(req.Role)
 	if err != nil {
 		problems = append(problems, err.Error())
 	}
-	u := store.User{ID: uuid.NewString(), Name: req.Name, Role: string(role), CreatedAt: s.now()}
+	u.Role = string(role)
 	switch {
 	case role == RoleHospitalIT && (req.Organisation == "") == (len(req.SiteIDs) == 0):
 		problems = append(problems, "hospital_it needs exactly one of organisation and site_ids")
@@ -233,7 +268,7 @@ func (s *Service) CreateUser(ctx context.Context, p Principal, req UserRequest) 
 		case errors.Is(err, problem.ErrNotFound):
 			problems = append(problems, fmt.Sprintf("organisation %q names no organisation", req.Organisation))
 		case err != nil:
-			return store.User{}, err
+			return err
 		}
 		u.OrganisationID = org.ID
 	}
@@ -243,19 +278,11 @@ func (s *Service) CreateUser(ctx context.Context, p Principal, req UserRequest) 
 		case errors.Is(err, problem.ErrNotFound):
 			problems = append(problems, fmt.Sprintf("site_ids: %q names no site", id))
 		case err != nil:
-			return store.User{}, err
+			return err
 		}
 	}
-	if err := problem.Invalid(problems...); err != nil {
-		return store.User{}, err
-	}
 	u.SiteIDs = slices.Compact(slices.Sorted(slices.Values(req.SiteIDs)))
-	rec := p.Record("user.create", "user/"+u.ID, req.Reason, map[string]any{"name": u.Name, "role": u.Role, "organisation_id": u.OrganisationID, "site_ids": u.SiteIDs})
-	if err := s.opts.Store.CreateUser(ctx, u, rec); err != nil {
-		return store.User{}, err
-	}
-	s.opts.Log.Info("user created", "user_id", u.ID, "role", u.Role, "actor", p.Name)
-	return u, nil
+	return problem.Invalid(problems...)
 }
 
 // Users returns every user.

@@ -85,6 +85,19 @@ func (h *handlers) createUser(c echo.Context) error {
 	return c.JSON(http.StatusCreated, u)
 }
 
+func (h *handlers) setRole(c echo.Context) error {
+	var req access.UserRequest
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	req.Reason = reasonOr(c, req.Reason)
+	u, err := h.opts.Access.SetRole(c.Request().Context(), principalOf(c), c.Param("id"), req)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, u)
+}
+
 type reasonRequest struct {
 	Reason string `json:"reason,omitempty"`
 }

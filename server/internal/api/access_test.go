@@ -547,3 +547,35 @@ func TestOrganisationsAndSiteMove(t *testing.T) {
 		t.Fatalf("audit actions = %q, want %q", actions, want)
 	}
 }
+
+func TestRoleChange(t *testing.T) {
+	st := newStack(t)
+	var a, b store.Site
+	st.postJSON(t, "/api/v1/sites", adminToken, map[string]string{"name": "Radiology", "organisation": "St. Mary"}, &a)
+	st.postJSON(t, "/api/v1/sites", adminToken, map[string]string{"name": "ICU", "organisation": "St. Mary"}, &b)
+	userID, _, secret := st.apiUser(t, access.UserRequest{Name: "sam", Role: "hospital_it", SiteIDs: []string{a.ID}})
+	var sites struct{ Sites []store.Site }
+	if st.call(t, "GET", "/api/v1/sites", secret, "", nil, &sites); len(sites.Sites) != 1 {
+		t.Fatalf("hospital IT of one site sees %d sites", len(sites.Sites))
+	}
+	before := digestsWithoutAudit(t, st.store)
+	if code := st.postJSON(t, "/api/v1/users/sam/role", adminToken, map[string]any{"role": "root", "site_ids": []string{"nope"}}, nil); code != 400 {
+		t.Fatalf("set role root = %d, want 400", code)
+	}
+	if after := digestsWithoutAudit(t, st.store); after["users"] != before["users"] || after["user_sites"] != before["user_sites"] {
+		t.Fatal("a refused role change changed the user")
+	}
+	if code := st.postJSON(t, "/api/v1/users/sam/role", adminToken, map[string]any{"role": "auditor", "reason": "moved to quality"}, nil); code != 200 {
+		t.Fatalf("set role auditor = %d", code)
+	}
+	if st.call(t, "GET", "/api/v1/sites", secret, "", nil, &sites); len(sites.Sites) != 2 {
+		t.Fatalf("after the change sam sees %d sites, want 2", len(sites.Sites))
+	}
+	if code := st.call(t, "GET", "/api/v1/audit", secret, "", nil, nil); code != 200 {
+		t.Fatalf("auditor sam reads the audit log: %d", code)
+	}
+	es, _ := st.store.AuditEntries(context.Background(), store.AuditFilter{Action: "user.role"})
+	if len(es) != 1 || es[0].Object != "user/"+userID || es[0].Reason != "moved to quality" || !strings.Contains(string(es[0].Details), `"from":{"organisation_id":"","role":"hospital_it"`) {
+		t.Fatalf("role change entry: %+v", es)
+	}
+}

@@ -65,6 +65,7 @@ func (h *handlers) routes() []route {
 		{"GET", "/api/v1/users", access.UsersRead, "", h.listUsers},
 		{"POST", "/api/v1/users", access.UsersWrite, "", h.createUser},              // audited in the same transaction
 		{"POST", "/api/v1/users/:id/disable", access.UsersWrite, "", h.disableUser}, // audited in the same transaction
+		{"POST", "/api/v1/users/:id/role", access.UsersWrite, "", h.setRole},        // audited in the same transaction
 		{"GET", "/api/v1/tokens", access.UsersRead, "", h.listTokens},
 		{"POST", "/api/v1/tokens", access.UsersWrite, "", h.createToken},            // audited in the same transaction
 		{"POST", "/api/v1/tokens/:id/revoke", access.UsersWrite, "", h.revokeToken}, // audited in the same transaction

@@ -207,6 +207,34 @@ func (s *Store) DisableUser(ctx context.Context, userID string, at time.Time, re
 	})
 }
 
+// SetUserRole changes a user's role and scope (organisation or sites) and
+// appends rec to the audit log in the same transaction.
+func (s *Store) SetUserRole(ctx context.Context, u User, rec audit.Record, at time.Time) error {
+	return s.tx(ctx, func(q *txq) error {
+		var org any
+		if u.OrganisationID != "" {
+			org = u.OrganisationID
+		}
+		res, err := q.exec(ctx, `UPDATE users SET role = ?, organisation_id = ? WHERE id = ?`, u.Role, org, u.ID)
+		if err != nil {
+			return fmt.Errorf("set user role: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("user %q: %w", u.ID, problem.ErrNotFound)
+		}
+		if _, err := q.exec(ctx, `DELETE FROM user_sites WHERE user_id = ?`, u.ID); err != nil {
+			return fmt.Errorf("set user role: %w", err)
+		}
+		for _, site := range u.SiteIDs {
+			if _, err := q.exec(ctx, `INSERT INTO user_sites (user_id, site_id) VALUES (?, ?)`, u.ID, site); err != nil {
+				return fmt.Errorf("set user role: site %q: %w", site, err)
+			}
+		}
+		_, err = q.appendAudit(ctx, rec, at)
+		return err
+	})
+}
+
 // CreateToken stores a token by the hash of its secret and appends rec to
 // the audit log in the same transaction.
 func (s *Store) CreateToken(ctx context.Context, t Token, secretHash string, rec audit.Record) error {
