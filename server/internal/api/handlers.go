@@ -102,7 +102,7 @@ func (h *handlers) createEnrollmentTokens(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	auditNote(c, "site/"+c.Param("id"), map[string]any{"count": len(tokens), "expires_at": expires})
+	h.decided(c, "site/"+c.Param("id"), map[string]any{"count": len(tokens), "expires_at": expires})
 	return c.JSON(http.StatusCreated, map[string]any{"tokens": tokens, "expires_at": expires})
 }
 
@@ -249,7 +249,7 @@ func (h *handlers) publishTargets(c echo.Context) error {
 	if err := h.opts.Releases.PublishTargets(c.Request().Context(), t); err != nil {
 		return err
 	}
-	auditNote(c, "repository/release/targets", map[string]any{"version": t.Signed.Version})
+	h.decided(c, "repository/release/targets", map[string]any{"version": t.Signed.Version})
 	return h.currentTargets(c)
 }
 
@@ -325,7 +325,7 @@ func (h *handlers) updateRoot(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	auditNote(c, "repository/"+c.Param("repo")+"/root", nil)
+	h.decided(c, "repository/"+c.Param("repo")+"/root", nil)
 	return h.currentRoot(c)
 }
 
@@ -392,7 +392,7 @@ func (h *handlers) uploadRelease(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	auditNote(c, "release/"+rel.ID, map[string]any{"product": rel.Product, "version": rel.Version})
+	h.decided(c, "release/"+rel.ID, map[string]any{"product": rel.Product, "version": rel.Version})
 	return c.JSON(http.StatusCreated, rel)
 }
 
@@ -418,7 +418,7 @@ func (h *handlers) createRollout(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	auditNote(c, "rollout/"+r.ID, map[string]any{"release_id": r.ReleaseID, "models": r.Selector.Models, "site_ids": r.Selector.SiteIDs, "devices": len(r.Devices)})
+	h.decided(c, "rollout/"+r.ID, map[string]any{"release_id": r.ReleaseID, "models": r.Selector.Models, "site_ids": r.Selector.SiteIDs, "devices": len(r.Devices)})
 	return c.JSON(http.StatusCreated, r)
 }
 

@@ -96,9 +96,9 @@ const (
 
 // Context keys.
 const (
-	principalKey   = "aftercare.principal"
-	auditObjectKey = "aftercare.audit_object"
-	auditDetailKey = "aftercare.audit_details"
+	principalKey = "aftercare.principal"
+	routeKey     = "aftercare.route"
+	auditedKey   = "aftercare.audited"
 )
 
 // principalOf returns the authenticated principal of a request. Public
@@ -108,11 +108,19 @@ func principalOf(c echo.Context) access.Principal {
 	return p
 }
 
-// auditNote tells the middleware which object a successful write made or
-// changed, and what to keep about it.
-func auditNote(c echo.Context, object string, details map[string]any) {
-	c.Set(auditObjectKey, object)
-	c.Set(auditDetailKey, details)
+// decided appends the route's action on object to the audit log, once
+// the decision has committed and before the client hears of it.
+func (h *handlers) decided(c echo.Context, object string, details map[string]any) {
+	r, _ := c.Get(routeKey).(route)
+	if r.action == "" {
+		return
+	}
+	c.Set(auditedKey, true)
+	if details == nil {
+		details = map[string]any{}
+	}
+	details["method"], details["route"] = r.method, r.path
+	h.appendAudit(c, principalOf(c).Record(r.action, object, reason(c), details))
 }
 
 // reason returns the request's stated reason, bounded.
@@ -126,8 +134,9 @@ func reason(c echo.Context) string {
 
 // authorize authenticates the bearer token of every non-public route,
 // checks the route's permission, and keeps the audit log: each refused
-// write (role without the permission, or an object outside the scope) and
-// each successful write whose route names an action.
+// write (role without the permission, or an object outside the scope) and,
+// if its handler did not already call decided, each successful write whose
+// route names an action.
 func (h *handlers) authorize(table map[string]route) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
@@ -149,6 +158,7 @@ func (h *handlers) authorize(table map[string]route) echo.MiddlewareFunc {
 				return err
 			}
 			c.Set(principalKey, p)
+			c.Set(routeKey, r)
 			c.SetRequest(req.WithContext(access.WithPrincipal(req.Context(), p)))
 			if err := p.Require(r.perm); err != nil {
 				if !r.perm.IsRead() {
@@ -159,8 +169,10 @@ func (h *handlers) authorize(table map[string]route) echo.MiddlewareFunc {
 			err = next(c)
 			switch {
 			case r.perm.IsRead():
-			case err == nil && r.action != "" && c.Response().Status/100 == 2:
-				h.auditDone(c, p, r)
+			case err == nil && r.action != "" && c.Response().Status/100 == 2 && c.Get(auditedKey) == nil:
+				// A handler that did not call decided: record the
+				// decision by its path.
+				h.decided(c, req.URL.Path, map[string]any{"status": c.Response().Status})
 			case access.IsOutOfScope(err):
 				h.auditDenied(c, p, r, err)
 			}
@@ -195,19 +207,6 @@ func (h *handlers) authenticate(c echo.Context) (access.Principal, error) {
 		return access.Principal{}, fmt.Errorf("a valid bearer token is required: %w", problem.ErrUnauthorized)
 	}
 	return p, err
-}
-
-func (h *handlers) auditDone(c echo.Context, p access.Principal, r route) {
-	object, _ := c.Get(auditObjectKey).(string)
-	if object == "" {
-		object = c.Request().URL.Path
-	}
-	details, _ := c.Get(auditDetailKey).(map[string]any)
-	if details == nil {
-		details = map[string]any{}
-	}
-	details["method"], details["route"], details["status"] = r.method, r.path, c.Response().Status
-	h.appendAudit(c, p.Record(r.action, object, reason(c), details))
 }
 
 func (h *handlers) auditDenied(c echo.Context, p access.Principal, r route, cause error) {

@@ -130,6 +130,7 @@ func (h *handlers) importFeed(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "feed/"+c.Param("kind"), map[string]any{"file": name, "bytes": len(b)})
 	return c.JSON(http.StatusOK, res)
 }
 
@@ -142,6 +143,7 @@ func (h *handlers) syncFeeds(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "feeds", nil)
 	return c.JSON(http.StatusOK, res)
 }
 
@@ -154,6 +156,7 @@ func (h *handlers) analyse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "releases", nil)
 	return c.JSON(http.StatusOK, res)
 }
 
@@ -246,6 +249,7 @@ func (h *handlers) importVEX(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "vex", map[string]any{"bytes": len(b)})
 	return c.JSON(http.StatusOK, res)
 }
 
