@@ -192,6 +192,7 @@ func TestCreateUserInvalid(t *testing.T) {
 		{"unknown-site", access.UserRequest{Name: "x", Role: "hospital_it", SiteIDs: []string{"nope"}}, `"nope" names no site`},
 		{"unknown-org", access.UserRequest{Name: "x", Role: "hospital_it", Organisation: "nope"}, `"nope" names no organisation`},
 		{"empty-name", access.UserRequest{Name: "", Role: "psirt"}, "name"},
+		{"impersonates-bootstrap-admin", access.UserRequest{Name: "admin", Role: "auditor"}, "bootstrap admin"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -216,7 +216,12 @@ type UserRequest struct {
 // both); the other roles take neither.
 func (s *Service) CreateUser(ctx context.Context, p Principal, req UserRequest) (store.User, error) {
 	u := store.User{ID: uuid.NewString(), Name: req.Name, CreatedAt: s.now()}
-	if err := s.checkRole(ctx, &u, req, nonEmpty(checkName("name", req.Name))); err != nil {
+	problems := nonEmpty(checkName("name", req.Name))
+	if req.Name == BootstrapAdmin.Name {
+		// The audit log names the bootstrap admin token "admin".
+		problems = append(problems, fmt.Sprintf("name %q is the bootstrap admin token's; choose another", req.Name))
+	}
+	if err := s.checkRole(ctx, &u, req, problems); err != nil {
 		return store.User{}, err
 	}
 	rec := p.Record("user.create", "user/"+u.ID, req.Reason, map[string]any{"name": u.Name, "role": u.Role, "organisation_id": u.OrganisationID, "site_ids": u.SiteIDs})
