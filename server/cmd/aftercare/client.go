@@ -17,11 +17,12 @@ import (
 // maxResponseBytes bounds an API response the CLI reads.
 const maxResponseBytes = 64 << 20 // 64 MiB
 
-// client talks to the fleet server's API with the admin token.
+// client talks to the fleet server's API with an API token.
 type client struct {
-	base  string
-	token string
-	http  *http.Client
+	base   string
+	token  string
+	reason string // X-Aftercare-Reason; "" sends none
+	http   *http.Client
 }
 
 func newClient(base, token string) *client {
@@ -61,6 +62,9 @@ func (c *client) do(ctx context.Context, method, path, contentType string, body 
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if c.reason != "" {
+		req.Header.Set("X-Aftercare-Reason", c.reason)
 	}
 	res, err := c.http.Do(req)
 	if err != nil {

@@ -4,8 +4,10 @@
 // runs the whole loop on one machine.
 //
 // The API commands read the server URL from --server or AFTERCARE_SERVER and
-// the admin token from AFTERCARE_TOKEN or --token-file, never from a flag
-// value, so it does not show in process lists or shell history.
+// the API token (a user's, or the bootstrap admin token) from
+// AFTERCARE_TOKEN or --token-file, never from a flag value, so it does not
+// show in process lists or shell history. --reason says why a change is
+// made; the server keeps it in the audit log.
 package main
 
 import (
@@ -39,6 +41,7 @@ type env struct {
 	server    string
 	tokenFile string
 	json      bool
+	reason    string // sent as X-Aftercare-Reason with every request, for the audit log
 }
 
 func (e *env) client() (*client, error) {
@@ -51,9 +54,11 @@ func (e *env) client() (*client, error) {
 		token = strings.TrimSpace(string(b))
 	}
 	if token == "" {
-		return nil, errors.New("no admin token: set AFTERCARE_TOKEN or pass --token-file (the server writes one to <data_dir>/admin-token)")
+		return nil, errors.New("no API token: set AFTERCARE_TOKEN or pass --token-file (an API token from `aftercare tokens create`, or the admin token the server writes to <data_dir>/admin-token)")
 	}
-	return newClient(e.server, token), nil
+	c := newClient(e.server, token)
+	c.reason = e.reason
+	return c, nil
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -71,7 +76,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	root.PersistentFlags().StringVar(&e.server, "server", server, "fleet server URL (env AFTERCARE_SERVER)")
 	root.PersistentFlags().StringVar(&e.tokenFile, "token-file", "", "file holding the admin token (default: env AFTERCARE_TOKEN)")
 	root.PersistentFlags().BoolVar(&e.json, "json", false, "print JSON instead of tables")
-	root.AddCommand(keysCmd(e), releaseCmd(e), siteCmd(e), rolloutCmd(e), patchStateCmd(e), devicesCmd(e), demoCmd(e), vulnCmd(e), sbomCmd(e))
+	root.PersistentFlags().StringVar(&e.reason, "reason", "", "why you make this change; kept in the audit log")
+	root.AddCommand(keysCmd(e), releaseCmd(e), siteCmd(e), rolloutCmd(e), patchStateCmd(e), devicesCmd(e), demoCmd(e), vulnCmd(e), sbomCmd(e),
+		orgsCmd(e), usersCmd(e), tokensCmd(e), auditCmd(e))
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)

@@ -4,8 +4,13 @@
 // package that knows Echo; handlers decode requests, call the domain
 // packages, and leave every error to one handler that maps it to a status.
 //
-// Authentication:
-//   - people and tools: "Authorization: Bearer <admin token>";
+// Authentication and authorisation (package access):
+//   - people and tools: "Authorization: Bearer <API token>" of a user, or
+//     the configured admin token (a bootstrap admin). Every route declares
+//     the permission it needs in the route table (routes.go); the authorize
+//     middleware refuses what the principal's role lacks (403), handlers
+//     answer 404 for objects outside a hospital's scope, and refused
+//     writes and decisions go to the audit log;
 //   - devices: their credential from enrollment authenticates them to the
 //     broker; over HTTP they only enroll and read the repositories;
 //   - POST /api/v1/enroll takes a one-time enrollment token in its body;
@@ -15,7 +20,6 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -27,9 +31,11 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
+	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
+	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
 	"github.com/aftercare/aftercare/server/internal/vuln"
 )
@@ -42,63 +48,56 @@ type Options struct {
 	Rollout        *tufrepo.Rollout // required
 	RepoDir        string           // served at /tuf/release/; required
 	RolloutDir     string           // served at /tuf/rollout/; required
-	AdminToken     string           // required
+	Access         *access.Service  // required: authenticates tokens, manages users
+	Store          *store.Store     // required: the audit log and scoped lookups
 	MaxBundleBytes int64            // largest accepted release bundle
 	Log            *slog.Logger     // required
 	Vuln           *vuln.Service    // required
 	// FeedSync runs one feed sync for POST /api/v1/vuln/feeds/sync.
 	FeedSync     func(ctx context.Context) (vuln.SyncResult, error)
-	MaxFeedBytes int64 // largest accepted feed file
+	MaxFeedBytes int64            // largest accepted feed file
+	Now          func() time.Time // nil: time.Now; for tests only
 }
 
 // maxJSONBytes bounds every JSON request body.
 const maxJSONBytes = 64 << 10 // 64 KiB
 
-// New returns the server's HTTP handler.
+// New returns the server's HTTP handler, an *echo.Echo.
 func New(opts Options) (http.Handler, error) {
 	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.Rollout == nil || opts.RepoDir == "" || opts.RolloutDir == "" ||
-		opts.AdminToken == "" || opts.Log == nil || opts.Vuln == nil {
-		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, AdminToken, Log and Vuln are required")
+		opts.Access == nil || opts.Store == nil || opts.Log == nil || opts.Vuln == nil {
+		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, Access, Store, Log and Vuln are required")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(opts.Log)
+	// The rate limit of failed token checks counts by the connection's
+	// address; X-Forwarded-For would let a client pick its own.
+	e.IPExtractor = echo.ExtractIPDirect()
+	h := &handlers{opts: opts, limiter: access.NewLimiter(access.FailureLimit, access.FailureWindow, opts.Now)}
+	table := map[string]route{}
+	for _, r := range h.routes() {
+		table[r.method+" "+r.path] = r
+	}
 	e.Use(middleware.RequestID())
 	e.Use(requestLog(opts.Log))
 	e.Use(middleware.Recover())
-
-	h := &handlers{opts: opts}
-	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
-	e.GET("/tuf/release/*", h.repoFile(opts.RepoDir))
-	e.GET("/tuf/rollout/*", h.repoFile(opts.RolloutDir))
-	consoleRoutes(e)
-
-	v1 := e.Group("/api/v1")
-	v1.POST("/enroll", h.enroll)
-
-	admin := v1.Group("", h.adminAuth)
-	admin.GET("/sites", h.listSites)
-	admin.POST("/sites", h.createSite)
-	admin.POST("/sites/:id/enrollment-tokens", h.createEnrollmentTokens)
-	admin.GET("/sites/:id/patch-state", h.sitePatchState)
-	admin.GET("/patch-state", h.patchSummary)
-	admin.GET("/devices", h.listDevices)
-	admin.GET("/devices/:id", h.getDevice)
-	admin.GET("/releases", h.listReleases)
-	admin.POST("/releases", h.uploadRelease)
-	admin.GET("/releases/:id", h.getRelease)
-	admin.GET("/repository/targets", h.currentTargets)
-	admin.POST("/repository/targets", h.publishTargets)
-	admin.GET("/repository/:repo/root", h.currentRoot)
-	admin.POST("/repository/:repo/root", h.updateRoot)
-	admin.POST("/rollouts", h.createRollout)
-	h.vulnRoutes(admin)
+	e.Use(h.authorize(table))
+	for _, r := range h.routes() {
+		e.Add(r.method, r.path, r.handler)
+	}
 	return e, nil
 }
 
 type handlers struct {
-	opts Options
+	opts    Options
+	limiter *access.Limiter
 }
+
+func (h *handlers) now() time.Time { return h.opts.Now() }
 
 func bearer(c echo.Context) string {
 	token, ok := strings.CutPrefix(c.Request().Header.Get(echo.HeaderAuthorization), "Bearer ")
@@ -106,15 +105,6 @@ func bearer(c echo.Context) string {
 		return ""
 	}
 	return strings.TrimSpace(token)
-}
-
-func (h *handlers) adminAuth(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		if subtle.ConstantTimeCompare([]byte(bearer(c)), []byte(h.opts.AdminToken)) != 1 {
-			return fmt.Errorf("a valid admin bearer token is required: %w", problem.ErrUnauthorized)
-		}
-		return next(c)
-	}
 }
 
 // bindJSON decodes a bounded JSON body, rejecting unknown fields.

@@ -17,10 +17,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/api"
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/release"
@@ -45,6 +47,7 @@ type stack struct {
 	rootKey  signature.Signer
 	// rolloutDir holds the rollout repository.
 	rolloutDir string
+	handler    http.Handler // the *echo.Echo
 }
 
 // storeSource reads assignments for the rollout repository from the store,
@@ -66,8 +69,14 @@ func (s storeSource) Assignments(ctx context.Context, ids []string) ([]tufrepo.A
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
+	return newStackWith(t, storetest.SQLite(t), nil)
+}
+
+// newStackWith builds a stack on s with the clock now (nil: time.Now).
+func newStackWith(t *testing.T, s *store.Store, now func() time.Time) *stack {
+	t.Helper()
 	ctx := context.Background()
-	st := &stack{dataDir: t.TempDir(), keysDir: t.TempDir()}
+	st := &stack{dataDir: t.TempDir(), keysDir: t.TempDir(), store: s}
 	if _, err := signing.InitRepository(ctx, signing.InitOptions{Dir: st.keysDir}); err != nil {
 		t.Fatal(err)
 	}
@@ -87,8 +96,11 @@ func newStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.store = storetest.SQLite(t)
-	vulns, err := vuln.New(vuln.Options{Store: st.store, Log: log})
+	people, err := access.New(access.Options{Store: st.store, Log: log, AdminToken: adminToken, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vulns, err := vuln.New(vuln.Options{Store: st.store, Log: log, Audit: people.AuditDisposition})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,10 +120,11 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
-		AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20})
+		Access: people, Store: st.store, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
+	st.handler = h
 	st.srv = httptest.NewServer(h)
 	t.Cleanup(st.srv.Close)
 	return st
@@ -347,9 +360,9 @@ func TestEnrollmentAndSites(t *testing.T) {
 		{"no-admin-token", "GET", "/api/v1/sites", "", nil, 401},
 		{"device-token-is-not-admin", "GET", "/api/v1/sites", dev.DeviceToken, nil, 401},
 		// Devices learn their assignment from the rollout repository
-		// only; the old endpoint is gone (the admin group answers 401
-		// before routing an unknown path).
-		{"no-assignment-endpoint", "GET", "/api/v1/device/assignment", dev.DeviceToken, nil, 401},
+		// only; the old endpoint is gone (an unknown path is 404 before
+		// any token check: the route table is public, in docs/api.md).
+		{"no-assignment-endpoint", "GET", "/api/v1/device/assignment", dev.DeviceToken, nil, 404},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,12 +8,12 @@ import (
 	"github.com/aftercare/aftercare/server/internal/api/console"
 )
 
-// consoleRoutes serves the web console's static files under /console/. The
+// consoleFiles serves the web console's static files under /console/. The
 // files need no token: they hold no data, and every API call they make
 // carries the person's own token.
-func consoleRoutes(e *echo.Echo) {
+func consoleFiles() echo.HandlerFunc {
 	files := http.StripPrefix("/console/", http.FileServer(http.FS(console.Files())))
-	serve := func(c echo.Context) error {
+	return func(c echo.Context) error {
 		hdr := c.Response().Header()
 		hdr.Set("Content-Security-Policy", console.ContentSecurityPolicy)
 		hdr.Set("X-Content-Type-Options", "nosniff")
@@ -22,6 +22,6 @@ func consoleRoutes(e *echo.Echo) {
 		files.ServeHTTP(c.Response(), c.Request())
 		return nil
 	}
-	e.GET("/console", func(c echo.Context) error { return c.Redirect(http.StatusFound, "/console/") })
-	e.GET("/console/*", serve)
 }
+
+func consoleRedirect(c echo.Context) error { return c.Redirect(http.StatusFound, "/console/") }

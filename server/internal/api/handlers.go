@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -52,8 +53,11 @@ func (h *handlers) repoFile(dir string) echo.HandlerFunc {
 }
 
 type createSiteRequest struct {
-	Name         string `json:"name"`
+	Name string `json:"name"`
+	// Organisation is the organisation's ID or name; a new name makes a
+	// new organisation, "" the default one.
 	Organisation string `json:"organisation"`
+	Reason       string `json:"reason,omitempty"`
 }
 
 func (h *handlers) createSite(c echo.Context) error {
@@ -61,7 +65,11 @@ func (h *handlers) createSite(c echo.Context) error {
 	if err := bindJSON(c, &req); err != nil {
 		return err
 	}
-	site, err := h.opts.Fleet.CreateSite(c.Request().Context(), req.Name, req.Organisation)
+	if req.Reason == "" {
+		req.Reason = reason(c)
+	}
+	rec := principalOf(c).Record("site.create", "", req.Reason, map[string]any{"name": req.Name, "organisation": req.Organisation})
+	site, err := h.opts.Fleet.CreateSite(c.Request().Context(), req.Name, req.Organisation, rec)
 	if err != nil {
 		return err
 	}
@@ -73,6 +81,8 @@ func (h *handlers) listSites(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	p := principalOf(c)
+	sites = slices.DeleteFunc(sites, func(s store.Site) bool { return !p.Scope.HasSite(s.ID) })
 	return c.JSON(http.StatusOK, map[string]any{"sites": nonNil(sites)})
 }
 
@@ -81,6 +91,9 @@ type enrollmentTokensRequest struct {
 }
 
 func (h *handlers) createEnrollmentTokens(c echo.Context) error {
+	if err := principalOf(c).SeeSite(c.Param("id"), fmt.Sprintf("site %q", c.Param("id"))); err != nil {
+		return err
+	}
 	req := enrollmentTokensRequest{Count: 1}
 	if err := bindJSON(c, &req); err != nil {
 		return err
@@ -89,6 +102,7 @@ func (h *handlers) createEnrollmentTokens(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "site/"+c.Param("id"), map[string]any{"count": len(tokens), "expires_at": expires})
 	return c.JSON(http.StatusCreated, map[string]any{"tokens": tokens, "expires_at": expires})
 }
 
@@ -105,6 +119,9 @@ func (h *handlers) enroll(c echo.Context) error {
 }
 
 func (h *handlers) sitePatchState(c echo.Context) error {
+	if err := principalOf(c).SeeSite(c.Param("id"), fmt.Sprintf("site %q", c.Param("id"))); err != nil {
+		return err
+	}
 	sp, err := h.opts.Fleet.SitePatchState(c.Request().Context(), c.Param("id"))
 	if err != nil {
 		return err
@@ -118,6 +135,8 @@ func (h *handlers) patchSummary(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	p := principalOf(c)
+	sites = slices.DeleteFunc(sites, func(s store.SitePatch) bool { return !p.Scope.HasSite(s.Site.ID) })
 	return c.JSON(http.StatusOK, map[string]any{"sites": nonNil(sites)})
 }
 
@@ -128,6 +147,15 @@ func (h *handlers) listDevices(c echo.Context) error {
 	}
 	if model := c.QueryParam("model"); model != "" {
 		f.Models = []string{model}
+	}
+	if p := principalOf(c); !p.Scope.All {
+		if f.SiteIDs == nil {
+			f.SiteIDs = p.Scope.SiteIDs
+		}
+		f.SiteIDs = slices.DeleteFunc(slices.Clone(f.SiteIDs), func(id string) bool { return !p.Scope.HasSite(id) })
+		if len(f.SiteIDs) == 0 {
+			return c.JSON(http.StatusOK, map[string]any{"devices": []store.Device{}})
+		}
 	}
 	devices, err := h.opts.Fleet.Devices(c.Request().Context(), f)
 	if err != nil {
@@ -141,6 +169,9 @@ func (h *handlers) getDevice(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := principalOf(c).SeeSite(d.SiteID, fmt.Sprintf("device %q", c.Param("id"))); err != nil {
+		return err
+	}
 	return c.JSON(http.StatusOK, map[string]any{"device": d, "reports": nonNil(reports)})
 }
 
@@ -148,6 +179,13 @@ func (h *handlers) listReleases(c echo.Context) error {
 	rels, err := h.opts.Fleet.Releases(c.Request().Context())
 	if err != nil {
 		return err
+	}
+	visible, err := h.visibleReleases(c)
+	if err != nil {
+		return err
+	}
+	if visible != nil {
+		rels = slices.DeleteFunc(rels, func(r store.Release) bool { return !visible[r.ID] })
 	}
 	return c.JSON(http.StatusOK, map[string]any{"releases": nonNil(rels)})
 }
@@ -157,7 +195,32 @@ func (h *handlers) getRelease(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	visible, err := h.visibleReleases(c)
+	if err != nil {
+		return err
+	}
+	if visible != nil && !visible[rel.ID] {
+		return principalOf(c).SeeSite("", fmt.Sprintf("release %q", c.Param("id")))
+	}
 	return c.JSON(http.StatusOK, rel)
+}
+
+// visibleReleases returns the releases a site-scoped principal may see:
+// those its devices run or are assigned. nil means every release.
+func (h *handlers) visibleReleases(c echo.Context) (map[string]bool, error) {
+	p := principalOf(c)
+	if p.Scope.All {
+		return nil, nil
+	}
+	ids, err := h.opts.Store.ReleasesOfSites(c.Request().Context(), p.Scope.SiteIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out, nil
 }
 
 // currentTargets returns the targets metadata the next release is signed on.
@@ -186,6 +249,7 @@ func (h *handlers) publishTargets(c echo.Context) error {
 	if err := h.opts.Releases.PublishTargets(c.Request().Context(), t); err != nil {
 		return err
 	}
+	h.decided(c, "repository/release/targets", map[string]any{"version": t.Signed.Version})
 	return h.currentTargets(c)
 }
 
@@ -261,6 +325,7 @@ func (h *handlers) updateRoot(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "repository/"+c.Param("repo")+"/root", nil)
 	return h.currentRoot(c)
 }
 
@@ -327,6 +392,7 @@ func (h *handlers) uploadRelease(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "release/"+rel.ID, map[string]any{"product": rel.Product, "version": rel.Version})
 	return c.JSON(http.StatusCreated, rel)
 }
 
@@ -352,6 +418,7 @@ func (h *handlers) createRollout(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "rollout/"+r.ID, map[string]any{"release_id": r.ReleaseID, "models": r.Selector.Models, "site_ids": r.Selector.SiteIDs, "devices": len(r.Devices)})
 	return c.JSON(http.StatusCreated, r)
 }
 

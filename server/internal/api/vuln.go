@@ -9,38 +9,43 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/vuln"
 	"github.com/aftercare/aftercare/server/internal/vuln/match"
 )
 
-// vulnRoutes adds the vulnerability monitoring endpoints (docs/api.md,
-// "Vulnerability monitoring").
-func (h *handlers) vulnRoutes(g *echo.Group) {
-	g.GET("/releases/:id/sbom", h.releaseSBOM)
-	g.GET("/releases/:id/findings", h.releaseFindings)
-	g.GET("/releases/:id/vex", h.releaseVEX)
-	g.GET("/vuln/feeds", h.listFeeds)
-	g.POST("/vuln/feeds/sync", h.syncFeeds)
-	g.POST("/vuln/feeds/:kind", h.importFeed)
-	g.POST("/vuln/analyse", h.analyse)
-	g.GET("/vuln/findings", h.findings)
-	g.GET("/vuln/exposure/:vuln", h.exposure)
-	g.POST("/vuln/exposure", h.exposureQuery)
-	g.GET("/vuln/dispositions", h.dispositions)
-	g.POST("/vuln/dispositions", h.setDisposition)
-	g.GET("/vuln/dispositions/history", h.dispositionHistory)
-	g.POST("/vuln/vex", h.importVEX)
-	g.GET("/vuln/triage", h.triage)
+// vulnRoutes are the vulnerability monitoring endpoints (docs/api.md,
+// "Vulnerability monitoring"). Disposition changes reach the audit log
+// through vuln.Options.Audit, so their route names no action.
+func (h *handlers) vulnRoutes() []route {
+	return []route{
+		{"GET", "/api/v1/releases/:id/sbom", access.VulnRead, "", h.releaseSBOM},
+		{"GET", "/api/v1/releases/:id/findings", access.VulnRead, "", h.releaseFindings},
+		{"GET", "/api/v1/releases/:id/vex", access.VulnRead, "", h.releaseVEX},
+		{"GET", "/api/v1/vuln/feeds", access.VulnRead, "", h.listFeeds},
+		{"POST", "/api/v1/vuln/feeds/sync", access.VulnWrite, "vuln.feeds.sync", h.syncFeeds},
+		{"POST", "/api/v1/vuln/feeds/:kind", access.VulnWrite, "vuln.feed.import", h.importFeed},
+		{"POST", "/api/v1/vuln/analyse", access.VulnWrite, "vuln.analyse", h.analyse},
+		{"GET", "/api/v1/vuln/findings", access.VulnRead, "", h.findings},
+		{"GET", "/api/v1/vuln/exposure/:vuln", access.VulnRead, "", h.exposure},
+		{"POST", "/api/v1/vuln/exposure", access.VulnRead, "", h.exposureQuery}, // a query: reads only
+		{"GET", "/api/v1/vuln/dispositions", access.VulnRead, "", h.dispositions},
+		{"POST", "/api/v1/vuln/dispositions", access.DispositionSet, "", h.setDisposition},
+		{"GET", "/api/v1/vuln/dispositions/history", access.VulnRead, "", h.dispositionHistory},
+		{"POST", "/api/v1/vuln/vex", access.VulnWrite, "vuln.vex.import", h.importVEX},
+		{"GET", "/api/v1/vuln/triage", access.VulnRead, "", h.triage},
+	}
 }
 
-// principal says who is asking and what they may see.
-//
-// TODO(issue 6): the admin token is the only principal today: actor
-// "admin", every site. With users and roles, return the user's name and,
-// for hospital IT, vuln.Scope{SiteIDs: <the user's sites>}.
-func principal(echo.Context) (actor string, scope vuln.Scope) {
-	return "admin", vuln.AllSites
+// principal says who is asking and what they may see: the user's name
+// and, for hospital IT, its sites.
+func principal(c echo.Context) (actor string, scope vuln.Scope) {
+	p := principalOf(c)
+	if p.Scope.All {
+		return p.Name, vuln.AllSites
+	}
+	return p.Name, vuln.Scope{SiteIDs: append([]string{}, p.Scope.SiteIDs...)}
 }
 
 func (h *handlers) releaseSBOM(c echo.Context) error {
@@ -125,6 +130,7 @@ func (h *handlers) importFeed(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "feed/"+c.Param("kind"), map[string]any{"file": name, "bytes": len(b)})
 	return c.JSON(http.StatusOK, res)
 }
 
@@ -137,6 +143,7 @@ func (h *handlers) syncFeeds(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "feeds", nil)
 	return c.JSON(http.StatusOK, res)
 }
 
@@ -149,6 +156,7 @@ func (h *handlers) analyse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "releases", nil)
 	return c.JSON(http.StatusOK, res)
 }
 
@@ -241,6 +249,7 @@ func (h *handlers) importVEX(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	h.decided(c, "vex", map[string]any{"bytes": len(b)})
 	return c.JSON(http.StatusOK, res)
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/protocol"
+	"github.com/aftercare/aftercare/server/internal/audit"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/store"
 )
@@ -114,8 +115,11 @@ func HashSecret(secret string) string {
 
 const maxSiteNameLen = 128
 
-// CreateSite adds a site to an organisation.
-func (s *Service) CreateSite(ctx context.Context, name, organisation string) (store.Site, error) {
+// CreateSite adds a site to an organisation, given by ID or name; a name
+// that is not yet an organisation makes one, and "" means the default
+// organisation. recs are appended to the audit log in the same
+// transaction; an empty Object in them becomes "site/<new ID>".
+func (s *Service) CreateSite(ctx context.Context, name, organisation string, recs ...audit.Record) (store.Site, error) {
 	name, organisation = strings.TrimSpace(name), strings.TrimSpace(organisation)
 	var problems []string
 	if name == "" || len(name) > maxSiteNameLen {
@@ -128,10 +132,28 @@ func (s *Service) CreateSite(ctx context.Context, name, organisation string) (st
 		return store.Site{}, err
 	}
 	site := store.Site{ID: uuid.NewString(), Name: name, Organisation: organisation, CreatedAt: s.opts.Now()}
-	if err := s.opts.Store.CreateSite(ctx, site); err != nil {
+	if organisation != "" {
+		org, err := s.opts.Store.Organisation(ctx, organisation)
+		switch {
+		case err == nil:
+			site.OrganisationID, site.Organisation = org.ID, org.Name
+		case !errors.Is(err, problem.ErrNotFound):
+			return store.Site{}, err
+		}
+	}
+	for i := range recs {
+		if recs[i].Object == "" {
+			recs[i].Object = "site/" + site.ID
+		}
+	}
+	if err := s.opts.Store.CreateSite(ctx, site, recs...); err != nil {
 		return store.Site{}, err
 	}
-	s.opts.Log.Info("site created", "site_id", site.ID, "name", name)
+	site, err := s.opts.Store.Site(ctx, site.ID)
+	if err != nil {
+		return store.Site{}, err
+	}
+	s.opts.Log.Info("site created", "site_id", site.ID, "name", name, "organisation_id", site.OrganisationID)
 	return site, nil
 }
 

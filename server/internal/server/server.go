@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/aftercare/aftercare/internal/atomicfile"
+	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/api"
 	"github.com/aftercare/aftercare/server/internal/broker"
 	"github.com/aftercare/aftercare/server/internal/config"
@@ -76,7 +77,11 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if s.repo, err = openRepo(ctx, cfg, getenv, log); err != nil {
 		return nil, err
 	}
-	vulns, err := newVuln(cfg, s.store, log)
+	people, err := access.New(access.Options{Store: s.store, Log: log.With("component", "access"), AdminToken: adminToken})
+	if err != nil {
+		return nil, err
+	}
+	vulns, err := newVuln(cfg, s.store, people, log)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +113,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	handler, err := api.New(api.Options{
 		Fleet: fl, Releases: releases, Repo: s.repo, Rollout: s.rollout,
 		Vuln: vulns, FeedSync: s.feedSync(vulns), MaxFeedBytes: cfg.Vuln.MaxFeedBytes,
-		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), AdminToken: adminToken,
+		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), Access: people, Store: s.store,
 		MaxBundleBytes: cfg.MaxBundleBytes, Log: log,
 	})
 	if err != nil {

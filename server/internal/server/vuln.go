@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/config"
 	"github.com/aftercare/aftercare/server/internal/sbom"
 	"github.com/aftercare/aftercare/server/internal/store"
@@ -17,8 +18,15 @@ import (
 // notifyInterval is how often queued notifications are retried.
 const notifyInterval = time.Minute
 
+// feedSyncLease names the lease of the scheduled feed sync;
+// feedSyncTimeout bounds one sync's downloads.
+const (
+	feedSyncLease   = "vuln.feed-sync"
+	feedSyncTimeout = 30 * time.Minute
+)
+
 // newVuln builds the vulnerability monitor and its notifier from cfg.
-func newVuln(cfg config.Config, st *store.Store, log *slog.Logger) (*vuln.Service, error) {
+func newVuln(cfg config.Config, st *store.Store, people *access.Service, log *slog.Logger) (*vuln.Service, error) {
 	v := cfg.Vuln
 	if err := vuln.ValidateSyncSources(syncSources(v)); err != nil {
 		return nil, err
@@ -39,7 +47,7 @@ func newVuln(cfg config.Config, st *store.Store, log *slog.Logger) (*vuln.Servic
 		Store: st, Log: log.With("component", "vuln"), Policy: policy, Notifier: notifier,
 		SBOMLimits:  sbom.Limits{MaxBytes: v.MaxSBOMBytes, MaxDepth: v.SBOMMaxDepth, MaxComponents: v.SBOMMaxComponents},
 		ProductPURL: v.VEXProductPURL, Author: v.VEXAuthor,
-		// TODO(issue 6): pass the hash-chained audit log's append as Audit.
+		Audit: people.AuditDisposition,
 	})
 }
 
@@ -56,7 +64,7 @@ func syncSources(v config.Vuln) []vuln.SyncSource {
 
 // feedSync returns the function behind POST /api/v1/vuln/feeds/sync.
 func (s *Server) feedSync(vulns *vuln.Service) func(ctx context.Context) (vuln.SyncResult, error) {
-	client := newHTTPClient(30 * time.Minute)
+	client := newHTTPClient(feedSyncTimeout)
 	sources := syncSources(s.cfg.Vuln)
 	return func(ctx context.Context) (vuln.SyncResult, error) {
 		return vulns.Sync(ctx, client, sources, s.cfg.Vuln.MaxFeedBytes)
@@ -67,9 +75,12 @@ func (s *Server) feedSync(vulns *vuln.Service) func(ctx context.Context) (vuln.S
 // notification retries until ctx ends.
 func (s *Server) startVuln(ctx context.Context, vulns *vuln.Service) {
 	if s.cfg.Vuln.Sync {
-		// TODO: with several replicas, take a PostgreSQL advisory-lock
-		// lease so one replica syncs (ARCHITECTURE.md, scale-out path).
-		go vulns.RunSync(ctx, newHTTPClient(30*time.Minute), syncSources(s.cfg.Vuln), s.cfg.Vuln.MaxFeedBytes, s.cfg.Vuln.SyncInterval)
+		// Several replicas may share the database: the one holding the
+		// lease syncs. It renews the lease at each sync; the lease
+		// outlives one interval plus the longest sync, so another
+		// replica takes over only after the holder stopped.
+		lease := s.store.Lease(feedSyncLease, instanceID(s.cfg.DataDir), s.cfg.Vuln.SyncInterval+feedSyncTimeout, nil)
+		go vulns.RunSync(ctx, lease, newHTTPClient(feedSyncTimeout), syncSources(s.cfg.Vuln), s.cfg.Vuln.MaxFeedBytes, s.cfg.Vuln.SyncInterval)
 	}
 	go vulns.RunNotifier(ctx, notifyInterval)
 }

@@ -7,16 +7,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/aftercare/aftercare/protocol"
+	"github.com/aftercare/aftercare/server/internal/audit"
 	"github.com/aftercare/aftercare/server/internal/problem"
 )
 
 // A Site is one place where devices run, e.g. a hospital department.
 type Site struct {
-	ID           string    `json:"id"`
-	Name         string    `json:"name"`
-	Organisation string    `json:"organisation"`
-	CreatedAt    time.Time `json:"created_at"`
+	ID             string    `json:"id"`
+	Name           string    `json:"name"`
+	OrganisationID string    `json:"organisation_id"`
+	Organisation   string    `json:"organisation"` // the organisation's name
+	CreatedAt      time.Time `json:"created_at"`
 }
 
 // A Device is an enrolled device and its last known state.
@@ -35,29 +39,74 @@ type Device struct {
 	EnrolledAt       time.Time      `json:"enrolled_at"`
 }
 
-// CreateSite adds a site. A second site with the same name is a conflict.
-func (s *Store) CreateSite(ctx context.Context, site Site) error {
-	_, err := s.direct().exec(ctx, `INSERT INTO sites (id, name, organisation, created_at) VALUES (?, ?, ?, ?)`,
-		site.ID, site.Name, site.Organisation, formatTime(site.CreatedAt))
-	if isUniqueViolation(err) {
-		return fmt.Errorf("a site named %q already exists: %w", site.Name, problem.ErrConflict)
+// CreateSite adds a site to its organisation and appends recs to the
+// audit log in the same transaction. The organisation is OrganisationID;
+// when that is empty, the organisation named Organisation, made if it does
+// not exist yet (the default organisation for an empty name). A second
+// site with the same name is a conflict.
+func (s *Store) CreateSite(ctx context.Context, site Site, recs ...audit.Record) error {
+	return s.tx(ctx, func(q *txq) error {
+		org, err := q.siteOrganisation(ctx, site)
+		if err != nil {
+			return err
+		}
+		_, err = q.exec(ctx, `INSERT INTO sites (id, name, organisation, organisation_id, created_at) VALUES (?, ?, ?, ?, ?)`,
+			site.ID, site.Name, org.Name, org.ID, formatTime(site.CreatedAt))
+		if isUniqueViolation(err) {
+			return fmt.Errorf("a site named %q already exists: %w", site.Name, problem.ErrConflict)
+		}
+		if err != nil {
+			return fmt.Errorf("create site: %w", err)
+		}
+		for _, rec := range recs {
+			if _, err := q.appendAudit(ctx, rec, site.CreatedAt); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// siteOrganisation finds (or, by name, makes) the organisation of a new
+// site.
+func (q *txq) siteOrganisation(ctx context.Context, site Site) (Organisation, error) {
+	if site.OrganisationID != "" {
+		o := Organisation{ID: site.OrganisationID}
+		err := q.queryRow(ctx, `SELECT name FROM organisations WHERE id = ?`, o.ID).Scan(&o.Name)
+		if err == sql.ErrNoRows {
+			return o, problem.Invalid(fmt.Sprintf("organisation_id %q names no organisation", o.ID))
+		}
+		return o, err
 	}
-	return err
+	o := Organisation{Name: site.Organisation, CreatedAt: site.CreatedAt}
+	if o.Name == "" {
+		o.Name = DefaultOrganisationName
+	}
+	err := q.queryRow(ctx, `SELECT id FROM organisations WHERE name = ?`, o.Name).Scan(&o.ID)
+	if err != sql.ErrNoRows {
+		return o, err
+	}
+	o.ID = uuid.NewString()
+	_, err = q.exec(ctx, `INSERT INTO organisations (id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, formatTime(o.CreatedAt))
+	if err != nil {
+		return o, fmt.Errorf("create organisation %q: %w", o.Name, err)
+	}
+	return o, nil
 }
 
 // Site returns the site with the given ID.
 func (s *Store) Site(ctx context.Context, id string) (Site, error) {
 	var site Site
 	var created string
-	err := s.direct().queryRow(ctx, `SELECT id, name, organisation, created_at FROM sites WHERE id = ?`, id).
-		Scan(&site.ID, &site.Name, &site.Organisation, &created)
+	err := s.direct().queryRow(ctx, `SELECT id, name, organisation_id, organisation, created_at FROM sites WHERE id = ?`, id).
+		Scan(&site.ID, &site.Name, &site.OrganisationID, &site.Organisation, &created)
 	site.CreatedAt = parseTime(created)
 	return site, notFound(err, fmt.Sprintf("site %q", id))
 }
 
 // Sites returns every site, by name.
 func (s *Store) Sites(ctx context.Context) ([]Site, error) {
-	rows, err := s.direct().query(ctx, `SELECT id, name, organisation, created_at FROM sites ORDER BY name`)
+	rows, err := s.direct().query(ctx, `SELECT id, name, organisation_id, organisation, created_at FROM sites ORDER BY name`)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +115,7 @@ func (s *Store) Sites(ctx context.Context) ([]Site, error) {
 	for rows.Next() {
 		var site Site
 		var created string
-		if err := rows.Scan(&site.ID, &site.Name, &site.Organisation, &created); err != nil {
+		if err := rows.Scan(&site.ID, &site.Name, &site.OrganisationID, &site.Organisation, &created); err != nil {
 			return nil, err
 		}
 		site.CreatedAt = parseTime(created)

@@ -188,13 +188,38 @@ func fetch(ctx context.Context, client *http.Client, u string, last store.Feed, 
 	return body, res.Header.Get("ETag"), res.Header.Get("Last-Modified"), false, nil
 }
 
+// A Lease says whether this replica may run scheduled work now, so that
+// of several replicas sharing one database only one syncs the feeds.
+type Lease interface {
+	// Hold takes or renews the lease; false while another replica holds it.
+	Hold(ctx context.Context) (bool, error)
+}
+
+// SyncLeased runs Sync if lease is held (nil: always) and reports whether
+// it ran.
+func (s *Service) SyncLeased(ctx context.Context, lease Lease, client *http.Client, sources []SyncSource, maxBytes int64) (bool, SyncResult, error) {
+	if lease != nil {
+		held, err := lease.Hold(ctx)
+		if err != nil {
+			return false, SyncResult{}, fmt.Errorf("feed sync lease: %w", err)
+		}
+		if !held {
+			s.opts.Log.Debug("feed sync skipped: another replica holds the lease")
+			return false, SyncResult{}, nil
+		}
+	}
+	res, err := s.Sync(ctx, client, sources, maxBytes)
+	return true, res, err
+}
+
 // RunSync syncs sources every interval until ctx ends; the first sync
-// runs at once.
-func (s *Service) RunSync(ctx context.Context, client *http.Client, sources []SyncSource, maxBytes int64, interval time.Duration) {
+// runs at once. With a lease, only the replica holding it syncs; the
+// others check again each interval and take over when it expires.
+func (s *Service) RunSync(ctx context.Context, lease Lease, client *http.Client, sources []SyncSource, maxBytes int64, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if _, err := s.Sync(ctx, client, sources, maxBytes); err != nil && ctx.Err() == nil {
+		if _, _, err := s.SyncLeased(ctx, lease, client, sources, maxBytes); err != nil && ctx.Err() == nil {
 			s.opts.Log.Error("feed sync", "err", err)
 		}
 		select {

@@ -89,3 +89,18 @@ func open(t testing.TB, dbURL string) *store.Store {
 	t.Cleanup(func() { s.Close() })
 	return s
 }
+
+// ForEachURL runs fn as a subtest with the URL of a new, empty database on
+// SQLite and on PostgreSQL, for tests that open several stores (several
+// connection pools, as several server replicas would) on one database.
+func ForEachURL(t *testing.T, fn func(t *testing.T, dbURL string)) {
+	t.Helper()
+	t.Run("sqlite", func(t *testing.T) { fn(t, SQLiteURL(t)) })
+	t.Run("postgres", func(t *testing.T) { fn(t, PostgresURL(t)) })
+}
+
+// Open opens a store on dbURL, closed when t ends.
+func Open(t testing.TB, dbURL string) *store.Store {
+	t.Helper()
+	return open(t, dbURL)
+}
