@@ -123,6 +123,11 @@ func (i *Installer) Install(ctx context.Context, fetch Fetch, job Job) (firmware
 		j.Job.Target == job.Target && j.Job.Image == job.Image {
 		from = c.At
 		log.Info("install resumes", "stored_offset", from.Stored, "raw_offset", from.Raw)
+		// Arm may have recorded the slot before a power cut; it is being
+		// rewritten, so it is not valid until the read-back passes again.
+		if err := i.setSlot(slot, nil); err != nil {
+			return "", err
+		}
 	} else {
 		if err := i.clearCheckpoint(); err != nil {
 			return "", err
