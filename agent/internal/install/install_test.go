@@ -23,6 +23,9 @@ type device struct {
 	boot  *boot.File
 	inst  *install.Installer
 	slots map[firmware.Slot]string
+	// resumedFrom is the stored offset of the last "download interrupted"
+	// log record (see reopenWith).
+	resumedFrom int64
 }
 
 func newDevice(t *testing.T, open func(string) (install.SlotFile, error)) *device {

@@ -174,6 +174,18 @@ func resumable(err error) bool {
 	return errors.As(err, &re) || errors.As(err, &fe)
 }
 
+// incomplete is the error of a download given up after attempts without
+// progress. A stream that ended early is not reported as a mismatch (it
+// proves nothing against the image); a source error stays wrapped, so the
+// caller can tell slow retrieval.
+func incomplete(job Job, saved firmware.Position, err error) error {
+	const msg = "download of %s stopped %d times without progress; %d of %d bytes are saved and the next install resumes there: %"
+	if errors.Is(err, firmware.ErrTruncated) {
+		return fmt.Errorf(msg+"v", job.Target, maxStalledAttempts, saved.Stored, job.Image.Length, err)
+	}
+	return fmt.Errorf(msg+"w", job.Target, maxStalledAttempts, saved.Stored, job.Image.Length, err)
+}
+
 // A fetchError is a Fetch that failed before any image byte arrived.
 type fetchError struct{ err error }
 
@@ -207,8 +219,11 @@ func (i *Installer) writeSlot(ctx context.Context, slot firmware.Slot, fetch Fet
 		} else {
 			stalled++
 		}
-		if !resumable(err) || ctx.Err() != nil || stalled >= maxStalledAttempts {
+		if !resumable(err) || ctx.Err() != nil {
 			return err
+		}
+		if stalled >= maxStalledAttempts {
+			return incomplete(job, w.saved, err)
 		}
 		i.opts.Log.Warn("download interrupted; resuming from the last checkpoint", "target", job.Target, "stored_offset", w.saved.Stored, "err", err)
 	}
