@@ -179,11 +179,14 @@ func resumable(err error) bool {
 // proves nothing against the image); a source error stays wrapped, so the
 // caller can tell slow retrieval.
 func incomplete(job Job, saved firmware.Position, err error) error {
-	const msg = "download of %s stopped %d times without progress; %d of %d bytes are saved and the next install resumes there: %"
-	if errors.Is(err, firmware.ErrTruncated) {
-		return fmt.Errorf(msg+"v", job.Target, maxStalledAttempts, saved.Stored, job.Image.Length, err)
+	next := "the next install starts over"
+	if saved.Stored > 0 {
+		next = fmt.Sprintf("%d of %d bytes are saved and the next install resumes there", saved.Stored, job.Image.Length)
 	}
-	return fmt.Errorf(msg+"w", job.Target, maxStalledAttempts, saved.Stored, job.Image.Length, err)
+	if errors.Is(err, firmware.ErrTruncated) {
+		return fmt.Errorf("download of %s stopped %d times without progress; %s: %v", job.Target, maxStalledAttempts, next, err)
+	}
+	return fmt.Errorf("download of %s stopped %d times without progress; %s: %w", job.Target, maxStalledAttempts, next, err)
 }
 
 // A fetchError is a Fetch that failed before any image byte arrived.
@@ -270,7 +273,10 @@ func (w *slotWriter) attempt(ctx context.Context, fetch Fetch, pos firmware.Posi
 	if pos.Stored > 0 {
 		opts.From = &pos
 	}
-	return firmware.StreamImage(ctx, w.f, body, w.job.Image, opts)
+	if err := firmware.StreamImage(ctx, w.f, body, w.job.Image, opts); err != nil {
+		return fmt.Errorf("slot %s: %w", w.slot, err)
+	}
+	return nil
 }
 
 // atBoundary saves a checkpoint when CheckpointBytes were written since
