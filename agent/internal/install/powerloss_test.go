@@ -375,12 +375,12 @@ func TestPowerLossAtEveryStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("power-loss harness: skipped in -short mode")
 	}
-	// A 4 MiB image in 16 frames, a checkpoint every 2: small enough for
+	// A 2 MiB image in 16 frames, a checkpoint every 2: small enough for
 	// hundreds of installs under -race, with boundaries enough to kill at.
-	const frame = 256 << 10
+	const frame = 128 << 10
 	var rawBuf, factoryBuf bytes.Buffer
-	writeFirmwareLike(&rawBuf, 4<<20, 1)
-	writeFirmwareLike(&factoryBuf, 1<<20, 2)
+	writeFirmwareLike(&rawBuf, 2<<20, 1)
+	writeFirmwareLike(&factoryBuf, 256<<10, 2)
 	raw, factory := rawBuf.Bytes(), factoryBuf.Bytes()
 	stored := encodeFrames(t, raw, frame)
 	img := describe(firmware.CompressionZstd, stored, raw)
@@ -413,7 +413,7 @@ func TestPowerLossAtEveryStep(t *testing.T) {
 	for k := int64(1); k < img.RawLength/frame; k += 4 {
 		offsets = append(offsets, k*frame-1, k*frame, k*frame+1)
 	}
-	for range 6 {
+	for range 8 {
 		offsets = append(offsets, 1+rng.Int64N(img.RawLength-1))
 	}
 	for _, off := range offsets {
