@@ -458,8 +458,11 @@ func (p *pipeline) decode(ctx context.Context, sp *splitter) error {
 			zd.Close()
 		}
 	}()
-	more, err := sp.nextFrame()
-	for ; more && err == nil; more, err = sp.nextFrame() {
+	for {
+		more, err := sp.nextFrame()
+		if err != nil || !more {
+			return err
+		}
 		var dec io.Reader = sp
 		switch sp.c {
 		case CompressionZstd:
@@ -495,14 +498,14 @@ func (p *pipeline) decode(ctx context.Context, sp *splitter) error {
 			return nil
 		default:
 		}
-		if more, err = sp.peekMore(); err != nil || !more {
-			break
+		// The end of the image is no boundary: nothing follows it.
+		if more, err := sp.peekMore(); err != nil || !more {
+			return err
 		}
 		if !p.send(chunk{at: &Position{Stored: sp.n, StoredHash: hashState(sp.h)}}) {
 			return nil
 		}
 	}
-	return err
 }
 
 // peekMore reports whether stored bytes follow the current frame.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -148,4 +149,34 @@ func containsAny(s string, subs []string) bool {
 		}
 	}
 	return false
+}
+
+func TestDroppedDownloadIsResumedInTheSameCheck(t *testing.T) {
+	sim, stored, file := zstdAssigned(t)
+	cuts := 0
+	sim.SetTamper(func(w http.ResponseWriter, r *http.Request, f string) bool {
+		if f != file || cuts > 0 {
+			return false
+		}
+		cuts++
+		// Headers for the whole image, half of it, then the connection
+		// drops. The simulator then ignores Range: the install restarts
+		// its hashes from zero (RFC 9110 §14.2).
+		w.Header().Set("Content-Length", fmt.Sprint(len(stored)))
+		w.Write(stored[:len(stored)/2])
+		return true
+	})
+	a := newTestAgent(t, sim, "", slowread.Limits{})
+	if err := a.check(context.Background()); !errors.Is(err, ErrReboot) {
+		t.Fatalf("check() with a dropped download = %v, want the install to finish", err)
+	}
+	if fails := a.failures(t); len(fails) != 0 {
+		t.Fatalf("failure reports %q for a download that resumed", fails)
+	}
+	if n := sim.Requests(file); n != 2 {
+		t.Fatalf("the image was requested %d times, want 2", n)
+	}
+	if slot, err := a.boot.PowerOn(); err != nil || slot != firmware.SlotB {
+		t.Fatalf("after the install the device booted %s (%v), want b", slot, err)
+	}
 }

@@ -191,4 +191,13 @@ func TestInstallResumesAfterRestart(t *testing.T) {
 	if last := ranges[len(ranges)-1]; last != fmt.Sprintf("bytes=%d-", c.At.Stored) {
 		t.Fatalf("the install after the restart asked for %q, want the rest from the checkpoint at %d", last, c.At.Stored)
 	}
+	// An install no assignment asks for any more is dropped whole.
+	if err := d.inst.Abandon(); err != nil {
+		t.Fatalf("Abandon() = %v", err)
+	}
+	for _, name := range []string{"install.json", "install-checkpoint.json"} {
+		if _, err := os.Stat(filepath.Join(d.dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s survived Abandon(): %v", name, err)
+		}
+	}
 }
