@@ -104,8 +104,10 @@ type Options struct {
 	// For tests only.
 	Open func(path string) (SlotFile, error)
 	// Hook, when not nil, is called at each named point of an install
-	// (see the Point constants) so a test can stop the process there. For
-	// tests only.
+	// (see the Point constants) so a test can stop the process there.
+	// Calls never overlap, but PointFrame, PointSlotSynced and
+	// PointCheckpoint come from the goroutine writing the slot. For tests
+	// only.
 	Hook func(Point)
 }
 
