@@ -39,6 +39,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseManifest -fuzztime $(FUZZTIME) ./firmware
 	$(GO) test -run '^$$' -fuzz FuzzOpenBundle -fuzztime $(FUZZTIME) ./firmware
+	$(GO) test -run '^$$' -fuzz FuzzStreamImage -fuzztime $(FUZZTIME) ./firmware
 	$(GO) test -run '^$$' -fuzz FuzzParseStateReport -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParseHint -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParseAssignmentCustom -fuzztime $(FUZZTIME) ./protocol

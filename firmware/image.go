@@ -2,6 +2,7 @@ package firmware
 
 import (
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -26,12 +27,14 @@ var ErrMismatch = errors.New("firmware: image does not match its signed descript
 // A MismatchError says which part of the image failed to match.
 // errors.Is(err, ErrMismatch) holds for every MismatchError.
 type MismatchError struct {
-	What   string // "stored length", "stored sha256", "raw length", "raw sha256", "decode"
+	What   string // "stored length", "truncated", "stored sha256", "raw length", "raw sha256", "decode"
 	Detail string
 }
 
-func (e *MismatchError) Error() string        { return "image " + e.What + ": " + e.Detail }
-func (e *MismatchError) Is(target error) bool { return target == ErrMismatch }
+func (e *MismatchError) Error() string { return "image " + e.What + ": " + e.Detail }
+func (e *MismatchError) Is(target error) bool {
+	return target == ErrMismatch || (target == ErrTruncated && e.What == "truncated")
+}
 
 // Decoder returns a reader of the raw image encoded in r with compression c.
 // Close it to release the decoder's memory.
@@ -52,7 +55,9 @@ func Decoder(c Compression, r io.Reader) (io.ReadCloser, error) {
 }
 
 // Encoder returns a writer that encodes into w with compression c. Close it
-// to flush the stream; closing does not close w.
+// to flush the stream; closing does not close w. A zstd stream is a run of
+// independent frames of FrameBytes of raw image each, so that an install
+// can resume at a frame boundary (see StreamImage).
 func Encoder(c Compression, w io.Writer) (io.WriteCloser, error) {
 	switch c {
 	case CompressionNone:
@@ -60,9 +65,60 @@ func Encoder(c Compression, w io.Writer) (io.WriteCloser, error) {
 	case CompressionGzip:
 		return gzip.NewWriter(w), nil
 	case CompressionZstd:
-		return zstd.NewWriter(w, zstd.WithWindowSize(maxZstdWindow))
+		enc, err := zstd.NewWriter(nil, zstd.WithWindowSize(maxZstdWindow), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return nil, err
+		}
+		return &frameWriter{w: w, enc: enc}, nil
 	}
 	return nil, fmt.Errorf("unknown compression %q", c)
+}
+
+// A frameWriter compresses each FrameBytes of input as one zstd frame.
+type frameWriter struct {
+	w     io.Writer
+	enc   *zstd.Encoder
+	raw   []byte // the frame being filled
+	out   []byte // the last frame encoded
+	wrote bool
+}
+
+func (f *frameWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		if f.raw == nil {
+			f.raw = make([]byte, 0, FrameBytes)
+		}
+		k := min(len(p), FrameBytes-len(f.raw))
+		f.raw = append(f.raw, p[:k]...)
+		p, n = p[k:], n+k
+		if len(f.raw) == FrameBytes {
+			if err := f.flush(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (f *frameWriter) flush() error {
+	f.out = f.enc.EncodeAll(f.raw, f.out[:0])
+	f.raw, f.wrote = f.raw[:0], true
+	if _, err := f.w.Write(f.out); err != nil {
+		return fmt.Errorf("write zstd frame: %w", err)
+	}
+	return nil
+}
+
+// Close writes the last, partial frame (or an empty frame for an empty
+// image).
+func (f *frameWriter) Close() error {
+	if len(f.raw) > 0 || !f.wrote {
+		if err := f.flush(); err != nil {
+			return err
+		}
+	}
+	return f.enc.Close()
 }
 
 type nopWriteCloser struct{ io.Writer }
@@ -105,64 +161,10 @@ func DescribeImage(path string, c Compression) (Image, error) {
 // at the end that both digests match img. It reads at most img.Length+1
 // bytes from r whatever r holds. On a mismatch the error wraps ErrMismatch and
 // w has received unverified bytes: the caller must not use them. A failure to
-// read r or to write w is returned wrapped, without ErrMismatch.
+// read r or to write w is returned wrapped, without ErrMismatch. It is
+// StreamImage from the beginning, without boundaries.
 func WriteImage(w io.Writer, r io.Reader, img Image) error {
-	// One byte beyond the signed length is enough to detect endless data.
-	stored := newMeter(io.LimitReader(r, img.Length+1))
-	dec, err := Decoder(img.Compression, stored)
-	if err != nil {
-		return streamError(img, stored, nil, &MismatchError{What: "decode", Detail: err.Error()})
-	}
-	defer dec.Close()
-	raw := newMeter(io.LimitReader(dec, img.RawLength+1))
-	out := &errWriter{w: w}
-	if _, err := io.Copy(out, raw); err != nil {
-		return streamError(img, stored, out, &MismatchError{What: "decode", Detail: err.Error()})
-	}
-	// Drain what the decoder left (trailing bytes after the stream) so the
-	// stored digest covers everything the server sent.
-	if _, err := io.Copy(io.Discard, stored); err != nil {
-		return streamError(img, stored, out, err)
-	}
-	switch {
-	case stored.n > img.Length:
-		return &MismatchError{What: "stored length", Detail: fmt.Sprintf("more than the signed %d bytes", img.Length)}
-	case stored.n < img.Length:
-		return &MismatchError{What: "stored length", Detail: fmt.Sprintf("%d bytes, signed %d", stored.n, img.Length)}
-	case stored.sum() != img.SHA256:
-		return &MismatchError{What: "stored sha256", Detail: fmt.Sprintf("got %s, signed %s", stored.sum(), img.SHA256)}
-	case raw.n > img.RawLength:
-		return &MismatchError{What: "raw length", Detail: fmt.Sprintf("more than the signed %d bytes", img.RawLength)}
-	case raw.n < img.RawLength:
-		return &MismatchError{What: "raw length", Detail: fmt.Sprintf("%d bytes, signed %d", raw.n, img.RawLength)}
-	case raw.sum() != img.RawSHA256:
-		return &MismatchError{What: "raw sha256", Detail: fmt.Sprintf("got %s, signed %s", raw.sum(), img.RawSHA256)}
-	}
-	return nil
-}
-
-// streamError tells why a stream stopped: the source failed, the
-// destination failed, the source sent more than signed, or else the bytes
-// did not decode (decodeErr).
-func streamError(img Image, stored *meter, out *errWriter, decodeErr error) error {
-	switch {
-	case stored.err != nil:
-		return fmt.Errorf("read image: %w", stored.err)
-	case out != nil && out.err != nil:
-		return fmt.Errorf("write image: %w", out.err)
-	case stored.n > img.Length:
-		return &MismatchError{What: "stored length", Detail: fmt.Sprintf("more than the signed %d bytes", img.Length)}
-	}
-	// A stream that does not decode is most often one that was altered:
-	// read the rest (never past the signed length) and, if its digest
-	// differs from the signed one, say so, since that is the cause.
-	if _, err := io.Copy(io.Discard, stored); err == nil {
-		if stored.n != img.Length || stored.sum() != img.SHA256 {
-			return &MismatchError{What: "stored sha256", Detail: fmt.Sprintf("the image does not decode and its digest %s (%d bytes) differs from the signed %s (%d bytes); it was altered or corrupted in transit",
-				stored.sum(), stored.n, img.SHA256, img.Length)}
-		}
-	}
-	return decodeErr
+	return StreamImage(context.Background(), w, r, img, StreamOptions{})
 }
 
 // A meter counts and hashes what is read through it and remembers the first
@@ -188,16 +190,4 @@ func (m *meter) Read(p []byte) (int, error) {
 
 func (m *meter) sum() string { return hex.EncodeToString(m.h.Sum(nil)) }
 
-// An errWriter remembers the first error of its destination.
-type errWriter struct {
-	w   io.Writer
-	err error
-}
-
-func (e *errWriter) Write(p []byte) (int, error) {
-	n, err := e.w.Write(p)
-	if err != nil && e.err == nil {
-		e.err = err
-	}
-	return n, err
-}
+func sum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }

@@ -18,7 +18,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -26,6 +25,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/aftercare/aftercare/agent/internal/download"
 	"github.com/aftercare/aftercare/agent/internal/install"
 	"github.com/aftercare/aftercare/agent/internal/report"
 	"github.com/aftercare/aftercare/agent/internal/slowread"
@@ -217,7 +217,13 @@ func (a *Agent) afterBoot(ctx context.Context) error {
 		a.report(protocol.StateRolledBack, j.Target, j.Version, out.Reason)
 		a.state.refuse(j.RolloutID, j.Target, out.Reason)
 	case install.Interrupted:
-		a.report(protocol.StateFailed, j.Target, j.Version, out.Reason)
+		// A write that resumes is still downloading; one that cannot has
+		// failed and starts over at the next check.
+		state := protocol.StateFailed
+		if out.Resume {
+			state = protocol.StateDownloading
+		}
+		a.report(state, j.Target, j.Version, out.Reason)
 	}
 	return nil
 }
@@ -249,6 +255,7 @@ func (a *Agent) check(ctx context.Context) error {
 		return a.refuseOrRetry(ctx, "", target, "", err)
 	}
 	if asg == nil {
+		a.abandon()
 		a.settled()
 		return nil
 	}
@@ -258,6 +265,7 @@ func (a *Agent) check(ctx context.Context) error {
 		return err
 	}
 	if t.Manifest.Version == running.Version || a.state.refused(asg.RolloutID, t.Path) {
+		a.abandon()
 		a.settled()
 		return nil
 	}
@@ -267,12 +275,7 @@ func (a *Agent) check(ctx context.Context) error {
 	job := install.Job{RolloutID: asg.RolloutID, Target: t.Path, Version: t.Manifest.Version, Image: t.Manifest.Image}
 	a.problem = "" // the download report below says where the device stands
 	a.report(protocol.StateDownloading, job.Target, job.Version, "")
-	body, err := a.download(ctx, t)
-	if err != nil {
-		return a.refuseOrRetry(ctx, asg.RolloutID, job.Target, job.Version, err)
-	}
-	slot, err := a.inst.Write(ctx, body, job)
-	body.Close()
+	slot, err := a.inst.Install(ctx, a.fetch(t), job)
 	if err != nil {
 		return a.refuseOrRetry(ctx, asg.RolloutID, job.Target, job.Version, err)
 	}
@@ -283,6 +286,14 @@ func (a *Agent) check(ctx context.Context) error {
 	}
 	a.report(protocol.StateInstalled, job.Target, job.Version, "")
 	return ErrReboot
+}
+
+// abandon drops an interrupted write that the current assignment no
+// longer asks for. (A write for another assignment is dropped by Install.)
+func (a *Agent) abandon() {
+	if err := a.inst.Abandon(); err != nil {
+		a.log.Warn("cannot drop the interrupted install", "err", err)
+	}
 }
 
 // settled reports idle once a problem reported earlier has cleared and the
@@ -353,44 +364,16 @@ func (a *Agent) refuseOrRetry(ctx context.Context, rolloutID, target, version st
 	return nil
 }
 
-// download starts the image download. The installer enforces the signed
-// length and digests while it reads; a declared length above the signed one
-// is refused before reading anything, and a source too slow for the limits
-// fails with slowread.ErrTooSlow.
-func (a *Agent) download(ctx context.Context, t *update.Target) (io.ReadCloser, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL, nil)
-	if err != nil {
-		cancel()
-		return nil, err
+// fetch returns the installer's source of t's image: HTTP Range requests
+// through the slow-retrieval limits. A declared length above the signed
+// one is refused before reading anything.
+func (a *Agent) fetch(t *update.Target) install.Fetch {
+	src := download.Source{HTTP: a.opts.HTTP, URL: t.URL, Length: t.Length, Limits: a.opts.Limits}
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		body, start, err := src.Open(ctx, offset)
+		if errors.Is(err, download.ErrTooLarge) {
+			return nil, 0, &update.VerifyError{Target: t.Path, Code: update.CodeTooLarge, Err: err}
+		}
+		return body, start, err
 	}
-	res, err := a.opts.HTTP.Do(req)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("download %s: %w", t.Path, err)
-	}
-	if res.StatusCode != http.StatusOK {
-		res.Body.Close()
-		cancel()
-		return nil, fmt.Errorf("download %s: status %s", t.Path, res.Status)
-	}
-	if res.ContentLength > t.Length {
-		res.Body.Close()
-		cancel()
-		return nil, &update.VerifyError{Target: t.Path, Code: update.CodeTooLarge,
-			Detail: fmt.Sprintf("the server offers %d bytes, more than the signed %d; nothing was downloaded", res.ContentLength, t.Length)}
-	}
-	return &body{Reader: slowread.New(res.Body, a.opts.Limits, cancel), cancel: cancel}, nil
-}
-
-// body is an image download: the limited reader and the request's cancel.
-type body struct {
-	*slowread.Reader
-	cancel context.CancelFunc
-}
-
-func (b *body) Close() error {
-	err := b.Reader.Close()
-	b.cancel()
-	return err
 }

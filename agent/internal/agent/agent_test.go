@@ -55,7 +55,7 @@ type testAgent struct {
 	log  *syncBuffer
 }
 
-func newTestAgent(t *testing.T, sim *reposim.Sim, brokerURL string, limits slowread.Limits) *testAgent {
+func newTestAgent(t *testing.T, sim *reposim.Sim, brokerURL string, limits slowread.Limits, mods ...func(*Options)) *testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	bl, err := boot.OpenFile(filepath.Join(dir, "boot"))
@@ -71,14 +71,18 @@ func newTestAgent(t *testing.T, sim *reposim.Sim, brokerURL string, limits slowr
 		brokerURL = "tcp://" + deadAddr(t)
 	}
 	logs := &syncBuffer{}
-	a, err := New(Options{
+	opts := Options{
 		ServerURL: sim.ServerURL(), Identity: Identity{DeviceID: testDeviceID, Credential: "x", TopicPrefix: protocol.DefaultTopicPrefix},
 		BrokerURL: brokerURL, Model: "pump-x1", FactoryVersion: "1.0.0",
 		BootstrapRoot: sim.Release.RootJSON(1), RolloutRoot: sim.Rollout.RootJSON(1), StateDir: dir, Boot: bl,
 		Slots:        map[firmware.Slot]string{firmware.SlotA: slotA, firmware.SlotB: filepath.Join(dir, "slot-b.img")},
 		PollInterval: time.Hour, HTTP: NewHTTPClient(), Limits: limits,
 		Log: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	for _, mod := range mods {
+		mod(&opts)
+	}
+	a, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

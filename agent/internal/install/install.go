@@ -7,7 +7,9 @@
 //  1. The install journal records "writing" and the target slot's status is
 //     cleared, so a crash mid-write can never leave the slot looking valid.
 //  2. The image streams into the inactive slot (decode, hash, write), is
-//     fsynced, and read back and hashed again.
+//     fsynced, and read back and hashed again. Every CheckpointBytes, at a
+//     frame boundary, the slot is fsynced and a checkpoint saved, so a
+//     dropped connection or a restart resumes there (see write.go).
 //  3. Only then is the slot's status set and the journal moved to "armed",
 //     and the bootloader told to try the slot once.
 //  4. After the reboot, AfterBoot sees which slot booted: the new one runs
@@ -20,8 +22,6 @@ package install
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,13 +91,61 @@ type slotStatus struct {
 
 // Options configures an Installer.
 type Options struct {
-	Boot  Bootloader                               // required
-	Slots map[firmware.Slot]string                 // device or file path of each slot; required
-	Dir   string                                   // state directory for the journal and slot status; required
-	Log   *slog.Logger                             // required
-	Now   func() time.Time                         // nil means time.Now
-	Sync  func(*os.File) error                     // nil means (*os.File).Sync; for tests only
-	Open  func(string) (io.ReadWriteCloser, error) // nil opens the slot path; for tests only
+	Boot  Bootloader               // required
+	Slots map[firmware.Slot]string // device or file path of each slot; required
+	Dir   string                   // state directory for the journal, checkpoint and slot status; required
+	Log   *slog.Logger             // required
+	Now   func() time.Time         // nil means time.Now
+	// CheckpointBytes is how much raw image is written between
+	// checkpoints (each one an fsync of the slot and a small file); 0
+	// means DefaultCheckpointBytes.
+	CheckpointBytes int64
+	// Open opens a slot for reading and writing; nil opens the slot path.
+	// For tests only.
+	Open func(path string) (SlotFile, error)
+	// Hook, when not nil, is called at each named point of an install
+	// (see the Point constants) so a test can stop the process there.
+	// Calls never overlap, but PointFrame, PointSlotSynced and
+	// PointCheckpoint come from the goroutine writing the slot. For tests
+	// only.
+	Hook func(Point)
+}
+
+// DefaultCheckpointBytes is the default distance between checkpoints.
+const DefaultCheckpointBytes = 32 << 20 // 32 MiB
+
+// A SlotFile is an open slot: a block device or, in tests, a file.
+type SlotFile interface {
+	io.ReadWriteSeeker
+	io.Closer
+	Sync() error
+}
+
+// A Point names a step of an install, for Options.Hook.
+type Point string
+
+// The points at which an install calls Options.Hook, in order.
+const (
+	PointJournal      Point = "journal"       // the journal says "writing"; the slot is not touched yet
+	PointFetched      Point = "fetched"       // a download (or its resumption) answered
+	PointFrame        Point = "frame"         // a frame boundary: its bytes are written, not synced
+	PointSlotSynced   Point = "slot-synced"   // the slot is synced up to a checkpoint, not yet recorded
+	PointCheckpoint   Point = "checkpoint"    // a checkpoint file is written
+	PointWritten      Point = "written"       // the whole image is written and synced
+	PointReadBack     Point = "read-back"     // a chunk of the slot was read back
+	PointVerified     Point = "verified"      // the read-back matched
+	PointSlotRecorded Point = "slot-recorded" // Arm: slots.json holds the new slot
+	PointArmed        Point = "armed"         // Arm: the journal says "armed"; TryOnce comes next
+	PointTried        Point = "tried"         // Arm: TryOnce returned
+	PointHealthy      Point = "healthy"       // AfterBoot: the health check passed; Commit comes next
+	PointCommitted    Point = "committed"     // AfterBoot: the bootloader committed; the journal is still there
+	PointFinished     Point = "finished"      // AfterBoot: the journal is gone
+)
+
+func (i *Installer) hook(p Point) {
+	if i.opts.Hook != nil {
+		i.opts.Hook(p)
+	}
 }
 
 // Installer installs images into the inactive slot. It is not safe for
@@ -114,6 +162,9 @@ func New(opts Options, factoryVersion string) (*Installer, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.CheckpointBytes <= 0 {
+		opts.CheckpointBytes = DefaultCheckpointBytes
 	}
 	i := &Installer{opts: opts}
 	if _, err := os.Stat(i.statusPath()); errors.Is(err, os.ErrNotExist) {
@@ -174,107 +225,39 @@ func (i *Installer) Running() (firmware.Slot, SlotInfo, error) {
 	return booted, st.Slots[booted], nil
 }
 
-// Write streams the stored image from r into the inactive slot, verifying
-// lengths and digests while it streams and reading the slot back afterwards.
-// On any error the slot is left marked invalid and the bootloader untouched.
-func (i *Installer) Write(ctx context.Context, r io.Reader, job Job) (firmware.Slot, error) {
-	booted, err := i.opts.Boot.Booted()
-	if err != nil {
-		return "", err
-	}
-	slot := booted.Other()
-	// Clear the slot's status before its first byte changes: from here
-	// until the read-back passes, nothing may treat it as valid.
-	if err := i.setSlot(slot, nil); err != nil {
-		return "", err
-	}
-	if err := writeJSON(i.journalPath(), journal{Format: stateFormat, Phase: PhaseWriting, Slot: slot, Job: job, Started: i.opts.Now()}); err != nil {
-		return "", err
-	}
-	fail := func(err error) (firmware.Slot, error) {
-		i.clearJournal()
-		return "", err
-	}
-	if err := i.writeSlot(ctx, slot, r, job.Image); err != nil {
-		return fail(err)
-	}
-	if err := i.readBack(ctx, slot, job.Image); err != nil {
-		return fail(err)
-	}
-	return slot, nil
-}
-
-func (i *Installer) openSlot(path string) (io.ReadWriteCloser, error) {
-	if i.opts.Open != nil {
-		return i.opts.Open(path)
-	}
-	return os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
-}
-
-func (i *Installer) writeSlot(ctx context.Context, slot firmware.Slot, r io.Reader, img firmware.Image) error {
-	f, err := i.openSlot(i.opts.Slots[slot])
-	if err != nil {
-		return fmt.Errorf("open slot %s: %w", slot, err)
-	}
-	if err := firmware.WriteImage(f, ctxReader{ctx, r}, img); err != nil {
-		f.Close()
-		return err
-	}
-	if file, ok := f.(*os.File); ok {
-		sync := i.opts.Sync
-		if sync == nil {
-			sync = (*os.File).Sync
-		}
-		if err := sync(file); err != nil {
-			f.Close()
-			return fmt.Errorf("sync slot %s: %w", slot, err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close slot %s: %w", slot, err)
-	}
-	return nil
-}
-
-// readBack hashes what the slot holds now, catching writes the medium lost.
-func (i *Installer) readBack(ctx context.Context, slot firmware.Slot, img firmware.Image) error {
-	f, err := i.openSlot(i.opts.Slots[slot])
-	if err != nil {
-		return fmt.Errorf("open slot %s for read-back: %w", slot, err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, ctxReader{ctx, io.LimitReader(f, img.RawLength)})
-	if err != nil {
-		return fmt.Errorf("read back slot %s: %w", slot, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); n != img.RawLength || got != img.RawSHA256 {
-		return fmt.Errorf("read back slot %s: %d bytes with sha256 %s, wrote %d with %s; the storage did not keep what was written",
-			slot, n, got, img.RawLength, img.RawSHA256)
-	}
-	return nil
-}
-
 // Arm records the verified slot's contents and tells the bootloader to try
 // it once. After Arm the device must reboot.
 func (i *Installer) Arm(slot firmware.Slot, job Job) error {
 	if err := i.setSlot(slot, &SlotInfo{Version: job.Version, RawSHA256: job.Image.RawSHA256, Installed: i.opts.Now()}); err != nil {
 		return err
 	}
+	i.hook(PointSlotRecorded)
 	if err := writeJSON(i.journalPath(), journal{Format: stateFormat, Phase: PhaseArmed, Slot: slot, Job: job, Started: i.opts.Now()}); err != nil {
+		return err
+	}
+	i.hook(PointArmed)
+	// The checkpoint served the write, which is over.
+	if err := i.clearCheckpoint(); err != nil {
 		return err
 	}
 	// Power loss before this line boots the old slot, which is still
 	// primary; the journal then reads "armed" with the old slot booted,
 	// which AfterBoot reports as a rollback.
-	return i.opts.Boot.TryOnce(slot)
+	if err := i.opts.Boot.TryOnce(slot); err != nil {
+		return err
+	}
+	i.hook(PointTried)
+	return nil
 }
 
 // Outcome says what AfterBoot found.
 type Outcome struct {
 	Kind   OutcomeKind
 	Job    Job
-	Reason string // for Failed, RolledBack and Interrupted
+	Reason string // for Unhealthy, RolledBack and Interrupted
+	// Resume is set for Interrupted when a checkpoint was saved: Install
+	// of the same job continues from it.
+	Resume bool
 }
 
 // OutcomeKind is the result of an install seen after a boot.
@@ -318,6 +301,14 @@ func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, 
 				return Outcome{}, err
 			}
 		}
+		if c, ok := i.checkpointFor(j.Slot, j.Job); ok && booted != j.Slot {
+			// Keep the journal and the checkpoint: the next Install of
+			// this job goes on from there.
+			out.Resume = true
+			out.Reason += fmt.Sprintf("; %d of %d bytes are saved and the install resumes from there", c.At.Stored, j.Job.Image.Length)
+			i.opts.Log.Info("install interrupted", "target", j.Job.Target, "slot", j.Slot, "resume_from", c.At.Stored)
+			return out, nil
+		}
 	case booted != j.Slot:
 		out.Kind = RolledBack
 		out.Reason = j.Reason
@@ -343,14 +334,17 @@ func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, 
 			}
 			return Outcome{Kind: Unhealthy, Job: j.Job, Reason: j.Reason}, nil
 		}
+		i.hook(PointHealthy)
 		if err := i.opts.Boot.Commit(booted); err != nil {
 			return Outcome{}, fmt.Errorf("commit slot %s: %w", booted, err)
 		}
+		i.hook(PointCommitted)
 		out.Kind = Committed
 	}
 	if err := i.clearJournal(); err != nil {
 		return Outcome{}, err
 	}
+	i.hook(PointFinished)
 	i.opts.Log.Info("install finished", "outcome", out.Kind, "target", j.Job.Target, "reason", out.Reason)
 	return out, nil
 }
@@ -368,11 +362,28 @@ func (i *Installer) markGood() error {
 	return nil
 }
 
+// clearJournal ends the install on disk: the checkpoint first, so a crash
+// between the two never leaves a checkpoint without its journal.
 func (i *Installer) clearJournal() error {
-	if err := os.Remove(i.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := i.clearCheckpoint(); err != nil {
 		return err
 	}
+	if err := os.Remove(i.journalPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove install journal: %w", err)
+	}
 	return atomicfile.SyncDir(i.opts.Dir)
+}
+
+// Abandon drops an interrupted write (its journal and checkpoint) that no
+// install will resume, for when the assignment changed or went away. It
+// leaves an armed or booted install alone.
+func (i *Installer) Abandon() error {
+	var j journal
+	if err := readJSON(i.journalPath(), &j); err != nil || j.Phase != PhaseWriting {
+		return nil
+	}
+	i.opts.Log.Info("interrupted install abandoned", "target", j.Job.Target, "slot", j.Slot)
+	return i.clearJournal()
 }
 
 // maxStateBytes bounds the agent's own state files.
@@ -403,17 +414,4 @@ func writeJSON(path string, v any) error {
 		return err
 	}
 	return atomicfile.WriteFile(path, b, 0o600)
-}
-
-// ctxReader stops a long copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -24,9 +23,12 @@ type device struct {
 	boot  *boot.File
 	inst  *install.Installer
 	slots map[firmware.Slot]string
+	// resumedFrom is the stored offset of the last "download interrupted"
+	// log record (see reopenWith).
+	resumedFrom int64
 }
 
-func newDevice(t *testing.T, open func(string) (io.ReadWriteCloser, error)) *device {
+func newDevice(t *testing.T, open func(string) (install.SlotFile, error)) *device {
 	t.Helper()
 	dir := t.TempDir()
 	d := &device{dir: dir, slots: map[firmware.Slot]string{
@@ -44,7 +46,7 @@ func newDevice(t *testing.T, open func(string) (io.ReadWriteCloser, error)) *dev
 }
 
 // reopen makes a fresh installer on the same state, as after a reboot.
-func (d *device) reopen(t *testing.T, open func(string) (io.ReadWriteCloser, error)) {
+func (d *device) reopen(t *testing.T, open func(string) (install.SlotFile, error)) {
 	t.Helper()
 	var err error
 	d.inst, err = install.New(install.Options{Boot: d.boot, Slots: d.slots, Dir: d.dir, Log: slog.New(slog.DiscardHandler), Open: open}, "1.0.0")
@@ -167,7 +169,7 @@ func (c *cutFile) Write(p []byte) (int, error) {
 
 func TestCrashWhileWritingLeavesOldSlotBooting(t *testing.T) {
 	crashAfter := -1 // bytes; -1 never crashes
-	open := func(path string) (io.ReadWriteCloser, error) {
+	open := func(path string) (install.SlotFile, error) {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil || crashAfter < 0 {
 			return f, err
@@ -210,7 +212,7 @@ func TestCrashWhileWritingLeavesOldSlotBooting(t *testing.T) {
 }
 
 func TestWriteFailureOnFullDiskIsClean(t *testing.T) {
-	full := func(path string) (io.ReadWriteCloser, error) {
+	full := func(path string) (install.SlotFile, error) {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		return &cutFile{File: f, left: 0}, err
 	}
