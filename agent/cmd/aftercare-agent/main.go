@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	checker := health.Checker{Commands: cfg.HealthCommands, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
+	checker := health.Checker{Commands: cfg.HealthCommands, Units: cfg.HealthUnits, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
 	for {
 		ag, err := agent.New(agent.Options{
 			ServerURL: cfg.ServerURL, Identity: id, BrokerURL: cfg.BrokerURL,

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/aftercare/aftercare/agent/internal/slowread"
@@ -65,6 +66,10 @@ type Config struct {
 	SlotB string `yaml:"slot_b" env:"SLOT_B"`
 	// HealthCommands must each exit 0 after booting a new slot.
 	HealthCommands [][]string `yaml:"health_commands"`
+	// HealthUnits are systemd units that must be active after booting a
+	// new slot ("pump-controller.service"); AFTERCARE_HEALTH_UNITS takes a
+	// comma-separated list.
+	HealthUnits []string `yaml:"health_units" env:"HEALTH_UNITS"`
 	// HealthTimeout bounds the post-boot health check; default 2m.
 	HealthTimeout time.Duration `yaml:"health_timeout" env:"HEALTH_TIMEOUT"`
 	// RebootCommand reboots the device; default ["systemctl", "reboot"].
@@ -173,6 +178,11 @@ func (c Config) Validate() error {
 	if c.PollInterval < time.Second {
 		errs = append(errs, fmt.Errorf("poll_interval %s must be at least 1s", c.PollInterval))
 	}
+	for _, u := range c.HealthUnits {
+		if !validUnit(u) {
+			errs = append(errs, fmt.Errorf("health_units entry %q is not a systemd unit name such as pump-controller.service", u))
+		}
+	}
 	if c.OutboxBytes < 64<<10 {
 		errs = append(errs, fmt.Errorf("outbox_bytes %d must be at least 64 KiB", c.OutboxBytes))
 	}
@@ -181,6 +191,14 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log_level %q is not debug, info, warn or error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+// validUnit accepts a systemd unit name with its type suffix; it is passed
+// to systemctl as one argument, so it must not look like an option.
+func validUnit(u string) bool {
+	dot := strings.LastIndexByte(u, '.')
+	return len(u) <= 256 && dot > 0 && dot < len(u)-1 && !strings.HasPrefix(u, "-") &&
+		!strings.ContainsAny(u, " \t\n/")
 }
 
 // DownloadLimits are the slow-retrieval limits of every download.

@@ -32,11 +32,13 @@ enrollment_token: ace_secret
 
 func TestLoadOrderFileThenEnvThenFlags(t *testing.T) {
 	p := writeFile(t, valid+"poll_interval: 10m\n")
-	cfg, err := config.Load([]string{"-config", p, "-state-dir", "/data/aftercare"}, env(map[string]string{"AFTERCARE_POLL_INTERVAL": "5m"}))
+	cfg, err := config.Load([]string{"-config", p, "-state-dir", "/data/aftercare"}, env(map[string]string{"AFTERCARE_POLL_INTERVAL": "5m",
+		"AFTERCARE_HEALTH_UNITS": "pump.service,alarm.service"}))
 	if err != nil {
 		t.Fatalf("Load() = %v", err)
 	}
-	if cfg.PollInterval != 5*time.Minute || cfg.StateDir != "/data/aftercare" || cfg.Model != "pump-x1" || cfg.BootDir != "/data/aftercare/boot" {
+	if cfg.PollInterval != 5*time.Minute || cfg.StateDir != "/data/aftercare" || cfg.Model != "pump-x1" || cfg.BootDir != "/data/aftercare/boot" ||
+		strings.Join(cfg.HealthUnits, " ") != "pump.service alarm.service" {
 		t.Fatalf("Load() = %+v", cfg)
 	}
 	if s := cfg.EnrollmentToken.String(); s != "REDACTED" {
@@ -46,9 +48,11 @@ func TestLoadOrderFileThenEnvThenFlags(t *testing.T) {
 
 func TestLoadReportsEveryProblem(t *testing.T) {
 	p := writeFile(t, "server_url: ftp://x\nmodel: Pump!\nslot_a: /dev/a\nslot_b: /dev/a\npoll_interval: 1ms\n"+
-		"download_stall_timeout: 1ms\ndownload_min_rate: 0\ntrusted_rollout_root: \"\"\n")
+		"download_stall_timeout: 1ms\ndownload_min_rate: 0\ntrusted_rollout_root: \"\"\n"+
+		"health_units: [\"--force\", \"pump\"]\n")
 	_, err := config.Load([]string{"-config", p}, env(nil))
-	for _, want := range []string{"server_url", "model", "factory_version", "slot_a", "poll_interval", "download_stall_timeout", "download_min_rate", "trusted_rollout_root"} {
+	for _, want := range []string{"server_url", "model", "factory_version", "slot_a", "poll_interval", "download_stall_timeout", "download_min_rate", "trusted_rollout_root",
+		`health_units entry "--force"`, `health_units entry "pump"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Load() = %v, want it to name %s", err, want)
 		}
