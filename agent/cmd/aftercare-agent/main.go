@@ -45,6 +45,9 @@ func exitCode(err error) int {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "install-bundle" {
+		return installBundle(ctx, args[1:], getenv, stderr)
+	}
 	cfg, err := config.Load(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(stderr, config.Usage())
@@ -86,6 +89,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	checker := health.Checker{Commands: cfg.HealthCommands, Units: cfg.HealthUnits, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
+	if !cfg.HealthServer {
+		checker.ServerURL = ""
+	}
 	for {
 		ag, err := agent.New(agent.Options{
 			ServerURL: cfg.ServerURL, Identity: id, BrokerURL: cfg.BrokerURL,

@@ -70,6 +70,10 @@ type Config struct {
 	// new slot ("pump-controller.service"); AFTERCARE_HEALTH_UNITS takes a
 	// comma-separated list.
 	HealthUnits []string `yaml:"health_units" env:"HEALTH_UNITS"`
+	// HealthServer makes reaching the fleet server part of the health check;
+	// default true. Set it false at air-gapped sites that install offline
+	// bundles, or every such install would roll back.
+	HealthServer bool `yaml:"health_server" env:"HEALTH_SERVER"`
 	// HealthTimeout bounds the post-boot health check; default 2m.
 	HealthTimeout time.Duration `yaml:"health_timeout" env:"HEALTH_TIMEOUT"`
 	// RebootCommand reboots the device; default ["systemctl", "reboot"].
@@ -91,6 +95,7 @@ func Default() Config {
 		DownloadMinRate:      1 << 10,
 		PollInterval:         time.Hour,
 		Bootloader:           "file",
+		HealthServer:         true,
 		HealthTimeout:        2 * time.Minute,
 		RebootCommand:        []string{"systemctl", "reboot"},
 		OutboxBytes:          4 << 20,
@@ -137,6 +142,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 // Usage describes the flags.
 func Usage() string {
 	return `usage: aftercare-agent [-config /etc/aftercare/agent.yaml] [-state-dir dir]
+       aftercare-agent install-bundle [-config ...] [-state-dir dir] BUNDLE.tar
 
 Settings come from the YAML file and AFTERCARE_* environment variables
 (e.g. AFTERCARE_SERVER_URL); see docs/agent.md and deploy/agent/agent.yaml.`
