@@ -3,6 +3,8 @@ package config_test
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +71,20 @@ func TestLoadRejectsUnknownKeys(t *testing.T) {
 func TestShippedExampleIsValid(t *testing.T) {
 	if _, err := config.Load([]string{"-config", "../../../deploy/agent/agent.yaml"}, env(nil)); err != nil {
 		t.Fatalf("deploy/agent/agent.yaml: %v", err)
+	}
+}
+
+// The example configuration shows every option, set or commented out.
+func TestShippedExampleShowsEveryOption(t *testing.T) {
+	b, err := os.ReadFile("../../../deploy/agent/agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ := reflect.TypeFor[config.Config]()
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+		if key != "" && !regexp.MustCompile(`(?m)^#? ?`+regexp.QuoteMeta(key)+`:`).Match(b) {
+			t.Errorf("deploy/agent/agent.yaml does not show %s", key)
+		}
 	}
 }
