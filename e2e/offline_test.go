@@ -32,8 +32,16 @@ func TestOfflineBundle(t *testing.T) {
 	first.stop()
 
 	rel := publish(t, s, "1.1.0")
-	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel)
 	bundle := filepath.Join(t.TempDir(), "pump-x1-1.1.0.tar")
+	// Not assigned yet: the CLI says what to do and writes nothing.
+	if _, err := tryCLI(s.cliEnv(), "offline-bundle", rel, "--device", enrolled.ID, "-o", bundle); err == nil ||
+		!strings.Contains(err.Error(), "assigns nothing to device "+enrolled.ID+"; create a rollout") {
+		t.Fatalf("offline-bundle before a rollout = %v, want it to ask for a rollout", err)
+	}
+	if _, err := os.Stat(bundle); !os.IsNotExist(err) {
+		t.Fatalf("a refused offline-bundle left %s behind (%v)", bundle, err)
+	}
+	runCLI(t, s.cliEnv(), "rollout", "create", "--release", rel)
 	out := runCLI(t, s.cliEnv(), "offline-bundle", rel, "--device", enrolled.ID, "-o", bundle)
 	if !strings.Contains(out, "install it before") {
 		t.Errorf("offline-bundle printed %q, want the bundle's expiry", out)

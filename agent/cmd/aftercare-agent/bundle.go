@@ -22,8 +22,8 @@ const bundleUsage = "usage: aftercare-agent install-bundle [-config /etc/afterca
 // installBundle installs an offline bundle from a local file (a USB stick
 // at an air-gapped site) through the same verification as an online
 // update, then reboots into it. The reports wait in the outbox until the
-// agent next reaches the broker. Stop the agent service first: the two
-// must not write the same state directory at once.
+// agent next reaches the broker. The agent service must be stopped first:
+// both lock the state directory.
 func installBundle(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[len(args)-1], "-") {
 		return fmt.Errorf("%w: %s", errConfig, bundleUsage)
@@ -42,6 +42,11 @@ func installBundle(ctx context.Context, args []string, getenv func(string) strin
 	if err != nil {
 		return fmt.Errorf("%w: trusted_rollout_root: %w", errConfig, err)
 	}
+	unlock, err := lockState(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	id, ok, err := agent.LoadIdentity(cfg.StateDir)
 	if err != nil {
 		return err

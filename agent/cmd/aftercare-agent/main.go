@@ -58,6 +58,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Level()}))
 	log.Info("effective configuration", "config", cfg)
+	unlock, err := lockState(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	root, err := os.ReadFile(cfg.TrustedRoot)
 	if err != nil {
 		return fmt.Errorf("%w: trusted_root: %w", errConfig, err)
