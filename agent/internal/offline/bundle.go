@@ -133,6 +133,8 @@ func (p *positionReader) Seek(offset int64, whence int) (int64, error) {
 	return n, err
 }
 
+var _ http.RoundTripper = (*Bundle)(nil)
+
 // Close closes the bundle file.
 func (b *Bundle) Close() error { return b.f.Close() }
 

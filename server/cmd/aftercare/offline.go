@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/aftercare/aftercare/firmware"
@@ -122,7 +123,8 @@ func writeOfflineBundle(ctx context.Context, c *client, releaseID, deviceID, out
 }
 
 // collector runs go-tuf against the server's repositories and keeps every
-// metadata file it fetched, by its path under the server ("tuf/...").
+// metadata file it fetched, by its path under the server ("tuf/..."). It
+// carries the command's context because go-tuf's Fetcher takes none.
 type collector struct {
 	ctx     context.Context
 	base    string
@@ -130,6 +132,8 @@ type collector struct {
 	files   map[string][]byte
 	expires time.Time // earliest expiry of the collected timestamps and snapshots
 }
+
+var _ fetcher.Fetcher = (*collector)(nil)
 
 // lookup refreshes one repository from version 1 of its root, as a device
 // that never updated would, and returns targetPath's entry or nil.
