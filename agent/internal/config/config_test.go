@@ -35,16 +35,22 @@ enrollment_token: ace_secret
 func TestLoadOrderFileThenEnvThenFlags(t *testing.T) {
 	p := writeFile(t, valid+"poll_interval: 10m\n")
 	cfg, err := config.Load([]string{"-config", p, "-state-dir", "/data/aftercare"}, env(map[string]string{"AFTERCARE_POLL_INTERVAL": "5m",
-		"AFTERCARE_HEALTH_UNITS": "pump.service,alarm.service"}))
+		"AFTERCARE_HEALTH_UNITS": "pump.service,alarm.service", "AFTERCARE_HEALTH_SERVER": "false"}))
 	if err != nil {
 		t.Fatalf("Load() = %v", err)
 	}
 	if cfg.PollInterval != 5*time.Minute || cfg.StateDir != "/data/aftercare" || cfg.Model != "pump-x1" || cfg.BootDir != "/data/aftercare/boot" ||
-		strings.Join(cfg.HealthUnits, " ") != "pump.service alarm.service" {
+		strings.Join(cfg.HealthUnits, " ") != "pump.service alarm.service" || cfg.HealthServer {
 		t.Fatalf("Load() = %+v", cfg)
 	}
 	if s := cfg.EnrollmentToken.String(); s != "REDACTED" {
 		t.Fatalf("the enrollment token prints as %q", s)
+	}
+}
+
+func TestDefaultChecksTheServer(t *testing.T) {
+	if !config.Default().HealthServer {
+		t.Fatal("Default().HealthServer = false; the health check must reach the server unless told otherwise")
 	}
 }
 
