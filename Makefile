@@ -3,13 +3,26 @@ GO      ?= go
 BIN     ?= bin
 TIMEOUT ?= 30m
 
-.PHONY: all build demo test vet bench fuzz clean sbom
+.PHONY: all build agent test-armv7 demo test vet bench fuzz clean sbom
 
 all: build
 
 ## build: the server, the CLI, the agent and the fleet simulator into ./bin
 build:
 	$(GO) build -o $(BIN)/ ./server/cmd/aftercare-server ./server/cmd/aftercare ./agent/cmd/aftercare-agent ./agent/cmd/aftercare-sim
+
+## agent: static, stripped agent binaries for the devices (no cgo):
+## bin/aftercare-agent-linux-armv7 and bin/aftercare-agent-linux-arm64
+AGENT_BUILD = CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags='-s -w -buildid='
+agent:
+	GOARCH=arm GOARM=7 $(AGENT_BUILD) -o $(BIN)/aftercare-agent-linux-armv7 ./agent/cmd/aftercare-agent
+	GOARCH=arm64 $(AGENT_BUILD) -o $(BIN)/aftercare-agent-linux-arm64 ./agent/cmd/aftercare-agent
+
+## test-armv7: the agent's unit tests cross-compiled for armv7 and run under qemu-user
+## (Debian's qemu-user-static; no -race, which Go does not support on 32-bit ARM)
+QEMU_ARM ?= qemu-arm-static
+test-armv7:
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) test -exec $(QEMU_ARM) -timeout $(TIMEOUT) ./agent/... ./firmware/... ./protocol/... ./internal/...
 
 ## sbom: a CycloneDX SBOM of the agent binary from its Go build information (bin/aftercare-agent.cdx.json)
 sbom: build
@@ -41,6 +54,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpenBundle -fuzztime $(FUZZTIME) ./firmware
 	$(GO) test -run '^$$' -fuzz FuzzStreamImage -fuzztime $(FUZZTIME) ./firmware
 	$(GO) test -run '^$$' -fuzz FuzzParseStateReport -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME) ./agent/internal/offline
 	$(GO) test -run '^$$' -fuzz FuzzParseHint -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParseAssignmentCustom -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./server/internal/sbom

@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "../server/cmd/aftercare-server", "../server/cmd/aftercare", "../agent/cmd/aftercare-sim")
+	args = append(args, "../server/cmd/aftercare-server", "../server/cmd/aftercare", "../agent/cmd/aftercare-sim", "../agent/cmd/aftercare-agent")
 	cmd := exec.Command("go", args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {

@@ -46,6 +46,9 @@ func exitCode(err error) int {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "install-bundle" {
+		return installBundle(ctx, args[1:], getenv, stderr)
+	}
 	cfg, err := config.Load(args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(stderr, config.Usage())
@@ -56,6 +59,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.Level()}))
 	log.Info("effective configuration", "config", cfg)
+	unlock, err := lockState(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	root, err := os.ReadFile(cfg.TrustedRoot)
 	if err != nil {
 		return fmt.Errorf("%w: trusted_root: %w", errConfig, err)
@@ -86,7 +94,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("bootloader %s: %w", cfg.Bootloader, err)
 	}
-	checker := health.Checker{Commands: cfg.HealthCommands, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
+	checker := health.Checker{Commands: cfg.HealthCommands, Units: cfg.HealthUnits, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
+	if !cfg.HealthServer {
+		checker.ServerURL = ""
+	}
 	for {
 		ag, err := agent.New(agent.Options{
 			ServerURL: cfg.ServerURL, Identity: id, BrokerURL: cfg.BrokerURL,
@@ -103,22 +114,33 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		if !errors.Is(err, agent.ErrReboot) {
 			return err
 		}
-		if fileBoot != nil {
-			// No real bootloader: play its part and start again.
-			slot, err := fileBoot.PowerOn()
-			if err != nil {
-				return err
-			}
-			log.Info("simulated reboot", "booted", slot, "boot_dir", filepath.Clean(cfg.BootDir))
-			continue
+		if err := reboot(ctx, cfg, fileBoot, log); err != nil {
+			return err
 		}
-		log.Info("rebooting", "command", cfg.RebootCommand)
-		if out, err := exec.CommandContext(ctx, cfg.RebootCommand[0], cfg.RebootCommand[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("reboot command %q: %w: %s", cfg.RebootCommand, err, out)
+		if fileBoot == nil {
+			<-ctx.Done()
+			return nil
 		}
-		<-ctx.Done()
+	}
+}
+
+// reboot restarts the device into the armed slot. With the file bootloader
+// (fileBoot set) there is nothing to restart: it plays the bootloader's
+// part at power-on and returns, and the caller starts the agent again.
+func reboot(ctx context.Context, cfg config.Config, fileBoot *boot.File, log *slog.Logger) error {
+	if fileBoot != nil {
+		slot, err := fileBoot.PowerOn()
+		if err != nil {
+			return err
+		}
+		log.Info("simulated reboot", "booted", slot, "boot_dir", filepath.Clean(cfg.BootDir))
 		return nil
 	}
+	log.Info("rebooting", "command", cfg.RebootCommand)
+	if out, err := exec.CommandContext(ctx, cfg.RebootCommand[0], cfg.RebootCommand[1:]...).CombinedOutput(); err != nil {
+		return fmt.Errorf("reboot command %q: %w: %s", cfg.RebootCommand, err, out)
+	}
+	return nil
 }
 
 // openBootloader builds the configured bootloader adapter. The *boot.File

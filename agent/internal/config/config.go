@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/aftercare/aftercare/agent/internal/slowread"
@@ -84,6 +85,14 @@ type Config struct {
 	SlotB string `yaml:"slot_b" env:"SLOT_B"`
 	// HealthCommands must each exit 0 after booting a new slot.
 	HealthCommands [][]string `yaml:"health_commands"`
+	// HealthUnits are systemd units that must be active after booting a
+	// new slot ("pump-controller.service"); AFTERCARE_HEALTH_UNITS takes a
+	// comma-separated list.
+	HealthUnits []string `yaml:"health_units" env:"HEALTH_UNITS"`
+	// HealthServer makes reaching the fleet server part of the health check;
+	// default true. Set it false at air-gapped sites that install offline
+	// bundles, or every such install would roll back.
+	HealthServer bool `yaml:"health_server" env:"HEALTH_SERVER"`
 	// HealthTimeout bounds the post-boot health check; default 2m.
 	HealthTimeout time.Duration `yaml:"health_timeout" env:"HEALTH_TIMEOUT"`
 	// RebootCommand reboots the device; default ["systemctl", "reboot"].
@@ -109,6 +118,7 @@ func Default() Config {
 		GrubEnv:              "/boot/grub/grubenv",
 		KernelCmdline:        "/proc/cmdline",
 		BootAttempts:         3,
+		HealthServer:         true,
 		HealthTimeout:        2 * time.Minute,
 		RebootCommand:        []string{"systemctl", "reboot"},
 		OutboxBytes:          4 << 20,
@@ -158,6 +168,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 // Usage describes the flags.
 func Usage() string {
 	return `usage: aftercare-agent [-config /etc/aftercare/agent.yaml] [-state-dir dir]
+       aftercare-agent install-bundle [-config ...] [-state-dir dir] BUNDLE.tar
 
 Settings come from the YAML file and AFTERCARE_* environment variables
 (e.g. AFTERCARE_SERVER_URL); see docs/agent.md and deploy/agent/agent.yaml.`
@@ -196,6 +207,11 @@ func (c Config) Validate() error {
 	}
 	if c.PollInterval < time.Second {
 		errs = append(errs, fmt.Errorf("poll_interval %s must be at least 1s", c.PollInterval))
+	}
+	for _, u := range c.HealthUnits {
+		if !validUnit(u) {
+			errs = append(errs, fmt.Errorf("health_units entry %q is not a systemd unit name such as pump-controller.service", u))
+		}
 	}
 	if c.OutboxBytes < 64<<10 {
 		errs = append(errs, fmt.Errorf("outbox_bytes %d must be at least 64 KiB", c.OutboxBytes))
@@ -238,6 +254,14 @@ func (c Config) validateBootloader() []error {
 		errs = append(errs, fmt.Errorf("bootloader %q is not supported (supported: file, uboot, grub)", c.Bootloader))
 	}
 	return errs
+}
+
+// validUnit accepts a systemd unit name with its type suffix; it is passed
+// to systemctl as one argument, so it must not look like an option.
+func validUnit(u string) bool {
+	dot := strings.LastIndexByte(u, '.')
+	return len(u) <= 256 && dot > 0 && dot < len(u)-1 && !strings.HasPrefix(u, "-") &&
+		!strings.ContainsAny(u, " \t\n/")
 }
 
 // DownloadLimits are the slow-retrieval limits of every download.

@@ -3,6 +3,8 @@ package config_test
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -32,11 +34,13 @@ enrollment_token: ace_secret
 
 func TestLoadOrderFileThenEnvThenFlags(t *testing.T) {
 	p := writeFile(t, valid+"poll_interval: 10m\n")
-	cfg, err := config.Load([]string{"-config", p, "-state-dir", "/data/aftercare"}, env(map[string]string{"AFTERCARE_POLL_INTERVAL": "5m"}))
+	cfg, err := config.Load([]string{"-config", p, "-state-dir", "/data/aftercare"}, env(map[string]string{"AFTERCARE_POLL_INTERVAL": "5m",
+		"AFTERCARE_HEALTH_UNITS": "pump.service,alarm.service", "AFTERCARE_HEALTH_SERVER": "false"}))
 	if err != nil {
 		t.Fatalf("Load() = %v", err)
 	}
-	if cfg.PollInterval != 5*time.Minute || cfg.StateDir != "/data/aftercare" || cfg.Model != "pump-x1" || cfg.BootDir != "/data/aftercare/boot" {
+	if cfg.PollInterval != 5*time.Minute || cfg.StateDir != "/data/aftercare" || cfg.Model != "pump-x1" || cfg.BootDir != "/data/aftercare/boot" ||
+		strings.Join(cfg.HealthUnits, " ") != "pump.service alarm.service" || cfg.HealthServer {
 		t.Fatalf("Load() = %+v", cfg)
 	}
 	if s := cfg.EnrollmentToken.String(); s != "REDACTED" {
@@ -44,11 +48,19 @@ func TestLoadOrderFileThenEnvThenFlags(t *testing.T) {
 	}
 }
 
+func TestDefaultChecksTheServer(t *testing.T) {
+	if !config.Default().HealthServer {
+		t.Fatal("Default().HealthServer = false; the health check must reach the server unless told otherwise")
+	}
+}
+
 func TestLoadReportsEveryProblem(t *testing.T) {
 	p := writeFile(t, "server_url: ftp://x\nmodel: Pump!\nslot_a: /dev/a\nslot_b: /dev/a\npoll_interval: 1ms\n"+
-		"download_stall_timeout: 1ms\ndownload_min_rate: 0\ntrusted_rollout_root: \"\"\n")
+		"download_stall_timeout: 1ms\ndownload_min_rate: 0\ntrusted_rollout_root: \"\"\n"+
+		"health_units: [\"--force\", \"pump\"]\n")
 	_, err := config.Load([]string{"-config", p}, env(nil))
-	for _, want := range []string{"server_url", "model", "factory_version", "slot_a", "poll_interval", "download_stall_timeout", "download_min_rate", "trusted_rollout_root"} {
+	for _, want := range []string{"server_url", "model", "factory_version", "slot_a", "poll_interval", "download_stall_timeout", "download_min_rate", "trusted_rollout_root",
+		`health_units entry "--force"`, `health_units entry "pump"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Load() = %v, want it to name %s", err, want)
 		}
@@ -121,5 +133,20 @@ func TestBootloaderSettings(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The example configuration shows every option, set or commented out.
+func TestShippedExampleShowsEveryOption(t *testing.T) {
+	b, err := os.ReadFile("../../../deploy/agent/agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ := reflect.TypeFor[config.Config]()
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+		if key != "" && !regexp.MustCompile(`(?m)^#? ?`+regexp.QuoteMeta(key)+`:`).Match(b) {
+			t.Errorf("deploy/agent/agent.yaml does not show %s", key)
+		}
 	}
 }
