@@ -184,9 +184,14 @@
 
   const live = new Set(["sites", "site", "devices", "device"]);
 
+  let generation = 0;
+
   async function render() {
     stopRefresh();
+    const mine = ++generation;
     if (!sessionStorage.getItem(tokenKey)) { signedOut(); return; }
+    $("signin").hidden = true;
+    $("nav").hidden = false;
     const [, name, arg] = (location.hash || "#/sites").split("/");
     const view = views[name] ? name : "sites";
     const draw = async () => {
@@ -199,7 +204,8 @@
       }
     };
     await draw();
-    if (live.has(view) && sessionStorage.getItem(tokenKey)) timer = setInterval(draw, refreshMillis);
+    // A newer render (another hash change) owns the refresh timer.
+    if (mine === generation && live.has(view) && sessionStorage.getItem(tokenKey)) timer = setInterval(draw, refreshMillis);
   }
 
   async function signIn(ev) {
@@ -213,8 +219,6 @@
       signedOut(err.status === 401 ? "That token was not accepted." : "Sign-in failed: " + err.message);
       return;
     }
-    $("signin").hidden = true;
-    $("nav").hidden = false;
     $("signin-error").textContent = "";
     if (!location.hash) location.hash = "#/sites";
     render();
@@ -224,12 +228,6 @@
     $("signin-form").addEventListener("submit", signIn);
     $("signout").addEventListener("click", () => { signedOut(); location.hash = ""; });
     window.addEventListener("hashchange", render);
-    if (sessionStorage.getItem(tokenKey)) {
-      $("signin").hidden = true;
-      $("nav").hidden = false;
-      render();
-    } else {
-      signedOut();
-    }
+    render();
   });
 })();
