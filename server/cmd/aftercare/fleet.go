@@ -67,7 +67,7 @@ func siteCmd(e *env) *cobra.Command {
 			return e.show(raw, &s, func(w io.Writer) { fmt.Fprintf(w, "site %s: %s\n", s.ID, s.Name) })
 		},
 	}
-	create.Flags().StringVar(&org, "organisation", "", "the hospital or organisation the site belongs to")
+	create.Flags().StringVar(&org, "organisation", "", "the organisation (hospital) the site belongs to, by ID or name; a new name makes it (default: the default organisation)")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List sites",
