@@ -6,9 +6,11 @@
 //
 // Authentication:
 //   - people and tools: "Authorization: Bearer <admin token>";
-//   - devices: their credential from enrollment authenticates them to the
-//     broker; over HTTP they only enroll and read the repositories;
-//   - POST /api/v1/enroll takes a one-time enrollment token in its body;
+//   - devices: the client certificate from enrollment (mutual TLS, verified
+//     by the listener against the device CA) on /api/v1/device/...; a
+//     revoked device's certificate gets 401;
+//   - POST /api/v1/enroll takes a one-time enrollment token and a CSR in
+//     its body;
 //   - /tuf/ is public: its files are signed, and a device checks them. A
 //     device learns its assignment from /tuf/rollout/, not from the API.
 package api
@@ -74,6 +76,9 @@ func New(opts Options) (http.Handler, error) {
 
 	v1 := e.Group("/api/v1")
 	v1.POST("/enroll", h.enroll)
+	dev := v1.Group("/device", h.deviceAuth)
+	dev.GET("", h.whoami)
+	dev.POST("/certificate", h.renewCertificate)
 
 	admin := v1.Group("", h.adminAuth)
 	admin.GET("/sites", h.listSites)
@@ -83,6 +88,8 @@ func New(opts Options) (http.Handler, error) {
 	admin.GET("/patch-state", h.patchSummary)
 	admin.GET("/devices", h.listDevices)
 	admin.GET("/devices/:id", h.getDevice)
+	admin.POST("/devices/:id/revoke", h.revokeDevice)
+	admin.GET("/device-ca", h.deviceCA)
 	admin.GET("/releases", h.listReleases)
 	admin.POST("/releases", h.uploadRelease)
 	admin.GET("/releases/:id", h.getRelease)
