@@ -10,6 +10,7 @@
 //
 //	{prefix}/dev/{deviceID}/hint    server -> device, QoS 1: "refresh now"
 //	{prefix}/dev/{deviceID}/state   device -> server, QoS 1: a StateReport
+//	{prefix}/dev/{deviceID}/events  device -> server: security events
 //
 // A hint carries no instruction the device trusts; it only makes the device
 // check for an assignment sooner than its poll timer would.
@@ -53,9 +54,16 @@ func ValidTopicPrefix(p string) bool { return prefixPattern.MatchString(p) && le
 
 // Topic kinds under a device's subtree.
 const (
-	KindHint  = "hint"
-	KindState = "state"
+	KindHint   = "hint"
+	KindState  = "state"
+	KindEvents = "events" // device security events, device -> server
 )
+
+// DeviceWritable reports whether a device may publish on a topic of kind
+// under its own subtree: state and events; never the hint, which only the
+// server sends. Brokers enforce this (the embedded broker's hook,
+// deploy/mosquitto/aftercare.acl).
+func DeviceWritable(kind string) bool { return kind == KindState || kind == KindEvents }
 
 // DeviceTopic returns the topic of the given kind for a device.
 func DeviceTopic(prefix, deviceID, kind string) string {
