@@ -55,7 +55,7 @@ func TestMosquittoAttacks(t *testing.T) {
 		}
 	})
 	runAttacks(t, p, &brokerUnderTest{
-		url:              "ssl://" + m.addr,
+		url:                "ssl://" + m.addr,
 		clientIDReplaced:   true,
 		willCheckedAtSend:  true,
 		subackGrantsDenied: true,
@@ -83,18 +83,18 @@ func writeTestConf(t *testing.T, m *mosquitto, dir string) {
 	host, port, _ := net.SplitHostPort(m.addr)
 	conf := string(b)
 	for old, repl := range map[string]string{
-		"listener 8883\n":                "listener " + port + " " + host + "\n",
-		"/etc/mosquitto/aftercare/":      dir + "/",
-		"/var/lib/aftercare/":            dir + "/",
-		"persistence true\n":             "persistence false\n",
-		"/var/lib/mosquitto/\n":          dir + "/\n",
-		"use_identity_as_username true":  "use_identity_as_username true",
-		"require_certificate true":       "require_certificate true",
-		"crlfile ":                       "crlfile ",
-		"acl_file ":                      "acl_file ",
-		"set_tcp_nodelay true":           "set_tcp_nodelay true",
-		"allow_anonymous false":          "allow_anonymous false",
-		"use_username_as_clientid true":  "use_username_as_clientid true",
+		"listener 8883\n":               "listener " + port + " " + host + "\n",
+		"/etc/mosquitto/aftercare/":     dir + "/",
+		"/var/lib/aftercare/":           dir + "/",
+		"persistence true\n":            "persistence false\n",
+		"/var/lib/mosquitto/\n":         dir + "/\n",
+		"use_identity_as_username true": "use_identity_as_username true",
+		"require_certificate true":      "require_certificate true",
+		"crlfile ":                      "crlfile ",
+		"acl_file ":                     "acl_file ",
+		"set_tcp_nodelay true":          "set_tcp_nodelay true",
+		"allow_anonymous false":         "allow_anonymous false",
+		"use_username_as_clientid true": "use_username_as_clientid true",
 	} {
 		if !strings.Contains(conf, old) {
 			t.Fatalf("%s no longer holds %q", shippedConf, old)
