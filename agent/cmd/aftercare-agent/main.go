@@ -81,6 +81,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}
 		log.Info("enrolled", "device_id", id.DeviceID, "site_id", id.SiteID)
 	}
+	creds, err := agent.LoadCredentials(cfg.StateDir, id.DeviceID)
+	if err != nil {
+		return err
+	}
+	// From here on the device presents its certificate wherever asked.
+	httpc = agent.NewHTTPClientTLS(creds.HTTPTLS(nil))
 	bl, err := boot.OpenFile(cfg.BootDir)
 	if err != nil {
 		return err
@@ -88,7 +94,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	checker := health.Checker{Commands: cfg.HealthCommands, ServerURL: cfg.ServerURL, HTTP: httpc, Timeout: cfg.HealthTimeout}
 	for {
 		ag, err := agent.New(agent.Options{
-			ServerURL: cfg.ServerURL, Identity: id, BrokerURL: cfg.BrokerURL,
+			ServerURL: cfg.ServerURL, Identity: id, Credentials: creds, BrokerURL: cfg.BrokerURL,
 			Model: cfg.Model, HardwareRevision: cfg.HardwareRevision, FactoryVersion: cfg.FactoryVersion,
 			BootstrapRoot: root, RolloutRoot: rolloutRoot, StateDir: cfg.StateDir, Boot: bl,
 			Slots:  map[firmware.Slot]string{firmware.SlotA: cfg.SlotA, firmware.SlotB: cfg.SlotB},
