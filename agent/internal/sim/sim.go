@@ -177,10 +177,9 @@ func run(ctx context.Context, opts Options, r Running) error {
 	httpc := opts.HTTP
 	if strings.HasPrefix(opts.ServerURL, "https://") {
 		// Each device presents its own certificate to the API.
-		base := opts.HTTP.Transport.(*http.Transport).TLSClientConfig
 		t := creds.HTTPTLS(nil)
-		if base != nil {
-			t.RootCAs = base.RootCAs
+		if tr, ok := opts.HTTP.Transport.(*http.Transport); ok && tr.TLSClientConfig != nil {
+			t.RootCAs = tr.TLSClientConfig.RootCAs
 		}
 		httpc = agent.NewHTTPClientTLS(t)
 	}

@@ -42,6 +42,9 @@ import (
 	"github.com/aftercare/aftercare/protocol"
 )
 
+// authTimeout bounds the check of one device's certificate at connect.
+const authTimeout = 10 * time.Second
+
 // A DeviceAuthenticator checks a device's verified client certificate and
 // returns false for an unknown or revoked device or a certificate not
 // issued to it.
@@ -170,7 +173,12 @@ func (b *Broker) Disconnect(deviceID string) {
 		return
 	}
 	b.log.Warn("disconnecting a revoked device", "device_id", deviceID)
-	b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	if cl.Properties.ProtocolVersion == 5 {
+		b.srv.DisconnectClient(cl, packets.ErrNotAuthorized) // [MQTT-3.14.2-1]: with a reason
+		return
+	}
+	// MQTT 3.1.1 has no server DISCONNECT: close the connection.
+	cl.Stop(packets.ErrNotAuthorized)
 }
 
 // Close stops the broker and disconnects every client.
@@ -227,7 +235,10 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		h.log.Warn("broker refused a client ID that is not the certificate's device ID", "device_id", id, "client_id", pk.Connect.ClientIdentifier)
 		return false
 	}
-	if !h.opts.Devices(context.Background(), id, cert) {
+	// mochi's hooks carry no context; bound the store lookup instead.
+	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
+	defer cancel()
+	if !h.opts.Devices(ctx, id, cert) {
 		return false
 	}
 	if pk.Connect.WillFlag && !h.deviceMayWrite(id, pk.Connect.WillTopic) {

@@ -19,6 +19,7 @@
 package deviceca
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -196,7 +197,7 @@ func ParseCSR(b []byte, deviceID string) (*x509.CertificateRequest, error) {
 	if block == nil || block.Type != "CERTIFICATE REQUEST" {
 		return nil, fmt.Errorf("%w: not a PEM \"CERTIFICATE REQUEST\"", ErrInvalidCSR)
 	}
-	if len(bytesTrimSpace(rest)) > 0 {
+	if len(bytes.TrimSpace(rest)) > 0 {
 		return nil, fmt.Errorf("%w: trailing data after the PEM block", ErrInvalidCSR)
 	}
 	csr, err := x509.ParseCertificateRequest(block.Bytes)
@@ -214,13 +215,6 @@ func ParseCSR(b []byte, deviceID string) (*x509.CertificateRequest, error) {
 		return nil, fmt.Errorf("%w: subject CN %q is not the device ID %q", ErrInvalidCSR, csr.Subject.CommonName, deviceID)
 	}
 	return csr, nil
-}
-
-func bytesTrimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\r' || b[0] == '\t') {
-		b = b[1:]
-	}
-	return b
 }
 
 func keyKind(k any) string {
