@@ -41,7 +41,7 @@ type pki struct {
 	broker   tls.Certificate
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	now := time.Now()
 	p := &pki{dir: t.TempDir(), issued: map[string]string{}, revoked: map[string]bool{}, certs: map[string]tls.Certificate{}}
@@ -62,7 +62,7 @@ func newPKI(t *testing.T) *pki {
 	return p
 }
 
-func issue(t *testing.T, ca *deviceca.CA, cn string, usage x509.ExtKeyUsage, hosts []string, record func(serial string)) tls.Certificate {
+func issue(t testing.TB, ca *deviceca.CA, cn string, usage x509.ExtKeyUsage, hosts []string, record func(serial string)) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
