@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -231,4 +232,122 @@ func (m *mosq) stop() {
 		m.proc.Process.Kill()
 		<-m.exited
 	}
+}
+
+// TestDevicesOverHTTPSRenewTheirCertificates runs the API over HTTPS with
+// device certificates that live 90 seconds: the devices enroll over HTTPS,
+// connect to the embedded broker with mutual TLS, renew in the last third
+// of the life through the API (authenticated by the current certificate)
+// and, restarted after the first certificate expired, report with the
+// renewed one. The CLI and the simulator trust the test's CA through
+// SSL_CERT_FILE.
+func TestDevicesOverHTTPSRenewTheirCertificates(t *testing.T) {
+	dir := t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "e2e HTTPS CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	caFile := filepath.Join(dir, "https-ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644)
+	issueTo(t, dir, "api", "127.0.0.1", x509.ExtKeyUsageServerAuth, caCert, caKey)
+	// Child processes (server, CLI, simulator) verify the server with it.
+	t.Setenv("SSL_CERT_FILE", caFile)
+
+	s := startServerWith(t, []string{
+		"AFTERCARE_TLS_CERT_FILE=" + filepath.Join(dir, "api.pem"),
+		"AFTERCARE_TLS_KEY_FILE=" + filepath.Join(dir, "api.key"),
+		"AFTERCARE_DEVICE_CERT_VALIDITY=90s",
+	}, caCert)
+	f := enroll(t, s, map[string]int{"St. Mary Radiology": 2})
+	sim := runSim(t, s, f, "", time.Minute)
+	waitReported(t, s, f)
+	reported := time.Now() // every device has enrolled by now
+	first := map[string]string{}
+	for _, d := range f.devices {
+		first[d.Serial] = deviceCertSerial(t, f, d.Serial)
+	}
+	// Renewal is due 60 s after enrollment; the agent checks every 9 s.
+	waitFor(t, 150*time.Second, "every device renewed its certificate", func() bool {
+		for _, d := range f.devices {
+			if deviceCertSerial(t, f, d.Serial) == first[d.Serial] {
+				return false
+			}
+		}
+		return true
+	})
+	b, _ := os.ReadFile(sim.log)
+	if n := strings.Count(string(b), "certificate renewed"); n < len(f.devices) {
+		t.Fatalf("the simulator logged %d renewals, want %d", n, len(f.devices))
+	}
+	// Past the first certificates' expiry, a restarted fleet reports
+	// through the broker with the renewed ones.
+	var before struct{ Devices []devicePatch }
+	cliJSON(t, s, &before, "devices")
+	sim.stop()
+	waitFor(t, 60*time.Second, "the first certificates expire", func() bool {
+		return time.Now().After(reported.Add(95 * time.Second))
+	})
+	runSim(t, s, f, "", time.Minute)
+	waitFor(t, 60*time.Second, "every device reports again", func() bool {
+		var now struct{ Devices []devicePatch }
+		cliJSON(t, s, &now, "devices")
+		for i, d := range now.Devices {
+			if d.LastSeq <= before.Devices[i].LastSeq {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// deviceCertSerial reads the serial of the certificate a simulated device
+// holds in its state directory.
+func deviceCertSerial(t *testing.T, f *fleet, serial string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.dir, "devices", serial, "device.pem"))
+	if err != nil {
+		return ""
+	}
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return ""
+		}
+		if blk.Type == "CERTIFICATE" {
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return ""
+			}
+			return c.SerialNumber.Text(16)
+		}
+	}
+}
+
+// startServerWith is startServer with the embedded broker, extra
+// environment, and the API over HTTPS verified with ca.
+func startServerWith(t *testing.T, env []string, ca *x509.Certificate) *server {
+	t.Helper()
+	s := startServer(t, serverOptions{})
+	s.proc.stop() // the same data directory, now over HTTPS
+	s.url = "https://" + s.listen
+	s.env = append(s.env, env...)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	s.proc = start(t, "server-"+randomHex(2)+".log", s.env, "aftercare-server", "-listen", s.listen, "-data-dir", s.dataDir)
+	waitFor(t, 30*time.Second, "the server answers /healthz over HTTPS", func() bool {
+		res, err := c.Get(s.url + "/healthz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	})
+	return s
 }

@@ -141,6 +141,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.opts.Credentials != nil {
 		lo.TLS = a.opts.Credentials.MQTTTLS(nil)
+		if !tlsBroker(lo.BrokerURL) {
+			a.log.Warn("broker URL is not TLS: the device connects without its certificate", "broker", lo.BrokerURL)
+		}
 	}
 	link, err := report.Connect(lo)
 	if err != nil {

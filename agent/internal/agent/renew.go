@@ -7,9 +7,24 @@ import (
 	"time"
 )
 
-// renewCheckInterval is how often the agent asks whether its certificate
-// is due for renewal; certificates live for weeks.
-const renewCheckInterval = time.Hour
+// tlsBroker reports whether paho connects to url over TLS.
+func tlsBroker(url string) bool {
+	for _, scheme := range []string{"ssl://", "tls://", "mqtts://", "tcps://"} {
+		if strings.HasPrefix(url, scheme) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxRenewCheckInterval is the longest the agent waits between asking
+// whether its certificate is due for renewal; certificates live for weeks.
+// A short-lived certificate is checked every tenth of its life.
+const maxRenewCheckInterval = time.Hour
+
+func renewCheckInterval(leafLife time.Duration) time.Duration {
+	return max(min(maxRenewCheckInterval, leafLife/10), time.Second)
+}
 
 // startRenewal renews the device certificate in the background while Run
 // runs, and returns a function that stops it and waits. Renewal needs the
@@ -41,7 +56,7 @@ func (a *Agent) startRenewal() (stop func()) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(jitter(renewCheckInterval)):
+			case <-time.After(jitter(renewCheckInterval(creds.Leaf().NotAfter.Sub(creds.Leaf().NotBefore)))):
 			}
 		}
 	}()

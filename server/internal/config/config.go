@@ -309,8 +309,8 @@ func (c Config) Validate() error {
 	if (c.BrokerClientCert == "") != (c.BrokerClientKey == "") {
 		errs = append(errs, fmt.Errorf("broker_client_cert %q and broker_client_key go together: set both or neither", c.BrokerClientCert))
 	}
-	if c.DeviceCertValidity < time.Hour || c.DeviceCertValidity > 5*365*24*time.Hour {
-		errs = append(errs, fmt.Errorf("device_cert_validity %s must be from 1h to 43800h (5 years)", c.DeviceCertValidity))
+	if c.DeviceCertValidity < time.Minute || c.DeviceCertValidity > 5*365*24*time.Hour {
+		errs = append(errs, fmt.Errorf("device_cert_validity %s must be from 1m to 43800h (5 years)", c.DeviceCertValidity))
 	}
 	if c.MaxBundleBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("max_bundle_bytes %d must be at least 1 MiB", c.MaxBundleBytes))

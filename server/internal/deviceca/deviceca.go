@@ -259,9 +259,11 @@ func (c *CA) issue(cn string, pub crypto.PublicKey, usage x509.ExtKeyUsage, host
 		notAfter = c.cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          newSerial(),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             now.Add(-5 * time.Minute), // device clocks drift
+		SerialNumber: newSerial(),
+		Subject:      pkix.Name{CommonName: cn},
+		// Device clocks drift; the backdating stays a small part of a
+		// short life, so "the last third" stays near the end.
+		NotBefore:             now.Add(-min(5*time.Minute, validity/20)),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
