@@ -57,6 +57,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $(FUZZTIME) ./agent/internal/offline
 	$(GO) test -run '^$$' -fuzz FuzzParseHint -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz FuzzParseAssignmentCustom -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz FuzzParseCSR -fuzztime $(FUZZTIME) ./server/internal/deviceca
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./server/internal/sbom
 	$(GO) test -run '^$$' -fuzz FuzzReadOSV -fuzztime $(FUZZTIME) ./server/internal/vuln/feed
 	$(GO) test -run '^$$' -fuzz FuzzReadNVD -fuzztime $(FUZZTIME) ./server/internal/vuln/feed

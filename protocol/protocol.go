@@ -10,6 +10,7 @@
 //
 //	{prefix}/dev/{deviceID}/hint    server -> device, QoS 1: "refresh now"
 //	{prefix}/dev/{deviceID}/state   device -> server, QoS 1: a StateReport
+//	{prefix}/dev/{deviceID}/events  device -> server: security events
 //
 // A hint carries no instruction the device trusts; it only makes the device
 // check for an assignment sooner than its poll timer would.
@@ -53,9 +54,16 @@ func ValidTopicPrefix(p string) bool { return prefixPattern.MatchString(p) && le
 
 // Topic kinds under a device's subtree.
 const (
-	KindHint  = "hint"
-	KindState = "state"
+	KindHint   = "hint"
+	KindState  = "state"
+	KindEvents = "events" // device security events, device -> server
 )
+
+// DeviceWritable reports whether a device may publish on a topic of kind
+// under its own subtree: state and events; never the hint, which only the
+// server sends. Brokers enforce this (the embedded broker's hook,
+// deploy/mosquitto/aftercare.acl).
+func DeviceWritable(kind string) bool { return kind == KindState || kind == KindEvents }
 
 // DeviceTopic returns the topic of the given kind for a device.
 func DeviceTopic(prefix, deviceID, kind string) string {
@@ -167,23 +175,56 @@ type Hint struct {
 	Reason string    `json:"reason,omitempty"` // for logs only, e.g. "rollout"
 }
 
-// EnrollRequest is the body of POST /api/v1/enroll.
+// EnrollRequest is the body of POST /api/v1/enroll. The device makes its
+// own key (ECDSA P-256), which never leaves it, and its own device ID; CSR
+// is a PEM certificate signing request for that key with the device ID as
+// subject CN.
 type EnrollRequest struct {
-	Token            string `json:"token"` // one-time enrollment token
+	Token            string `json:"token"`     // one-time enrollment token
+	DeviceID         string `json:"device_id"` // see ValidID
+	CSR              string `json:"csr"`       // PEM "CERTIFICATE REQUEST"
 	Serial           string `json:"serial"`
 	Model            string `json:"model"`
 	HardwareRevision string `json:"hardware_revision"`
 	InstalledVersion string `json:"installed_version"`
 }
 
-// EnrollResponse is the answer to an accepted enrollment. DeviceToken is the
-// device's credential for the API and the broker; it is shown only once.
+// EnrollResponse is the answer to an accepted enrollment. Certificate is
+// the device's client certificate for the broker and the API; CA is the
+// device CA certificate, which also signs the embedded broker's server
+// certificate.
 type EnrollResponse struct {
 	DeviceID    string `json:"device_id"`
-	DeviceToken string `json:"device_token"`
+	Certificate string `json:"certificate"` // PEM
+	CA          string `json:"ca"`          // PEM
 	SiteID      string `json:"site_id"`
 	BrokerURL   string `json:"broker_url"`
 	TopicPrefix string `json:"topic_prefix"`
+}
+
+// RenewRequest is the body of POST /api/v1/device/certificate, sent over
+// HTTPS with the device's current certificate: a CSR for a new key with the
+// same subject CN.
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
+// RenewResponse carries the renewed certificate.
+type RenewResponse struct {
+	Certificate string `json:"certificate"` // PEM
+}
+
+// CheckDeviceID reports why id cannot name a device, or nil. MQTT topic
+// wildcards and the level separator get their own message: a device ID
+// holding them could widen the topic patterns keyed on it.
+func CheckDeviceID(id string) error {
+	if strings.ContainsAny(id, "+#/") {
+		return fmt.Errorf("device_id %q contains '+', '#' or '/', which are MQTT wildcards or topic separators", id)
+	}
+	if !ValidID(id) {
+		return fmt.Errorf("device_id %q must be 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit", id)
+	}
+	return nil
 }
 
 // SignedAtField is a field of the signed part of the fleet server's TUF

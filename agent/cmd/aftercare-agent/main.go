@@ -6,6 +6,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -72,7 +74,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("%w: trusted_rollout_root: %w", errConfig, err)
 	}
-	httpc := agent.NewHTTPClient()
+	var serverRoots *x509.CertPool // nil: the system roots
+	if cfg.ServerCAFile != "" {
+		b, err := os.ReadFile(cfg.ServerCAFile)
+		if err != nil {
+			return fmt.Errorf("%w: server_ca_file: %w", errConfig, err)
+		}
+		serverRoots = x509.NewCertPool()
+		if !serverRoots.AppendCertsFromPEM(b) {
+			return fmt.Errorf("%w: server_ca_file %s holds no PEM certificate", errConfig, cfg.ServerCAFile)
+		}
+	}
+	httpc := agent.NewHTTPClientTLS(&tls.Config{RootCAs: serverRoots, MinVersion: tls.VersionTLS12})
 	id, ok, err := agent.LoadIdentity(cfg.StateDir)
 	if err != nil {
 		return err
@@ -90,6 +103,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}
 		log.Info("enrolled", "device_id", id.DeviceID, "site_id", id.SiteID)
 	}
+	creds, err := agent.LoadCredentials(cfg.StateDir, id.DeviceID)
+	if err != nil {
+		return err
+	}
+	// From here on the device presents its certificate wherever asked.
+	httpc = agent.NewHTTPClientTLS(creds.HTTPTLS(serverRoots))
 	bl, fileBoot, err := openBootloader(cfg)
 	if err != nil {
 		return fmt.Errorf("bootloader %s: %w", cfg.Bootloader, err)
@@ -100,7 +119,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	for {
 		ag, err := agent.New(agent.Options{
-			ServerURL: cfg.ServerURL, Identity: id, BrokerURL: cfg.BrokerURL,
+			ServerURL: cfg.ServerURL, Identity: id, Credentials: creds, ServerRoots: serverRoots, BrokerURL: cfg.BrokerURL,
 			Model: cfg.Model, HardwareRevision: cfg.HardwareRevision, FactoryVersion: cfg.FactoryVersion,
 			BootstrapRoot: root, RolloutRoot: rolloutRoot, StateDir: cfg.StateDir, Boot: bl,
 			Slots:  map[firmware.Slot]string{firmware.SlotA: cfg.SlotA, firmware.SlotB: cfg.SlotB},

@@ -17,6 +17,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
@@ -40,10 +41,18 @@ var ErrReboot = errors.New("agent: reboot required")
 
 // Options configures an Agent.
 type Options struct {
-	ServerURL        string   // fleet server API base URL; required
-	Identity         Identity // from enrollment; required
-	BrokerURL        string   // overrides Identity.BrokerURL when set
-	Model            string   // required
+	ServerURL string   // fleet server API base URL; required
+	Identity  Identity // from enrollment; required
+	// Credentials are the device's key and certificate for mutual TLS with
+	// the broker and, over https, the API; they are renewed in the last
+	// third of their life. nil connects to the broker without a client
+	// certificate (tests with a plain broker).
+	Credentials *Credentials
+	// ServerRoots verify the server's HTTPS certificate when a renewed
+	// certificate is tried; nil means the system roots.
+	ServerRoots      *x509.CertPool
+	BrokerURL        string // overrides Identity.BrokerURL when set
+	Model            string // required
 	HardwareRevision string
 	FactoryVersion   string // version of the booted slot at first start; required
 	BootstrapRoot    []byte // release repository root shipped in the image; required
@@ -126,14 +135,23 @@ func New(opts Options) (*Agent, error) {
 // Run finishes any install in progress and then serves assignments until
 // ctx ends (returning nil) or a reboot is needed (returning ErrReboot).
 func (a *Agent) Run(ctx context.Context) error {
-	link, err := report.Connect(report.LinkOptions{
-		BrokerURL: a.opts.BrokerURL, DeviceID: a.opts.Identity.DeviceID, Credential: a.opts.Identity.Credential,
+	lo := report.LinkOptions{
+		BrokerURL: a.opts.BrokerURL, DeviceID: a.opts.Identity.DeviceID,
 		TopicPrefix: a.opts.Identity.TopicPrefix, Log: a.log,
-	})
+	}
+	if a.opts.Credentials != nil {
+		lo.TLS = a.opts.Credentials.MQTTTLS(nil)
+		if !tlsBroker(lo.BrokerURL) {
+			a.log.Warn("broker URL is not TLS: the device connects without its certificate", "broker", lo.BrokerURL)
+		}
+	}
+	link, err := report.Connect(lo)
 	if err != nil {
 		return err
 	}
 	defer link.Close()
+	stopRenew := a.startRenewal()
+	defer stopRenew()
 	sendCtx, stopSend := context.WithCancel(context.Background())
 	sent := make(chan struct{})
 	go func() {

@@ -72,7 +72,7 @@ func newTestAgent(t *testing.T, sim *reposim.Sim, brokerURL string, limits slowr
 	}
 	logs := &syncBuffer{}
 	opts := Options{
-		ServerURL: sim.ServerURL(), Identity: Identity{DeviceID: testDeviceID, Credential: "x", TopicPrefix: protocol.DefaultTopicPrefix},
+		ServerURL: sim.ServerURL(), Identity: Identity{DeviceID: testDeviceID, TopicPrefix: protocol.DefaultTopicPrefix},
 		BrokerURL: brokerURL, Model: "pump-x1", FactoryVersion: "1.0.0",
 		BootstrapRoot: sim.Release.RootJSON(1), RolloutRoot: sim.Rollout.RootJSON(1), StateDir: dir, Boot: bl,
 		Slots:        map[firmware.Slot]string{firmware.SlotA: slotA, firmware.SlotB: filepath.Join(dir, "slot-b.img")},

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
 	"time"
@@ -18,4 +19,12 @@ func NewHTTPClient() *http.Client {
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   4,
 	}}
+}
+
+// NewHTTPClientTLS is NewHTTPClient with a TLS configuration, e.g. the
+// device's client certificate from Credentials.HTTPTLS.
+func NewHTTPClientTLS(t *tls.Config) *http.Client {
+	c := NewHTTPClient()
+	c.Transport.(*http.Transport).TLSClientConfig = t
+	return c
 }

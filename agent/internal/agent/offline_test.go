@@ -129,7 +129,7 @@ func (d *offlineDevice) agentFor(t *testing.T, sim *reposim.Sim, path, model, ru
 	t.Cleanup(func() { b.Close() })
 	logs := &syncBuffer{}
 	a, err := New(Options{
-		ServerURL: offline.BaseURL, Identity: Identity{DeviceID: testDeviceID, Credential: "x", TopicPrefix: protocol.DefaultTopicPrefix},
+		ServerURL: offline.BaseURL, Identity: Identity{DeviceID: testDeviceID, TopicPrefix: protocol.DefaultTopicPrefix},
 		BrokerURL: "tcp://offline-bundle.invalid:1883", Model: model, FactoryVersion: running,
 		BootstrapRoot: sim.Release.RootJSON(1), RolloutRoot: sim.Rollout.RootJSON(1), StateDir: d.dir, Boot: d.boot,
 		Slots: map[firmware.Slot]string{firmware.SlotA: filepath.Join(d.dir, "slot-a.img"), firmware.SlotB: filepath.Join(d.dir, "slot-b.img")},

@@ -53,6 +53,9 @@ type Config struct {
 	DownloadMinRate int64 `yaml:"download_min_rate" env:"DOWNLOAD_MIN_RATE"`
 	// BrokerURL overrides the broker given at enrollment.
 	BrokerURL string `yaml:"broker_url" env:"BROKER_URL"`
+	// ServerCAFile verifies the server's HTTPS certificate (PEM) when it is
+	// not from a CA in the system roots; empty means the system roots.
+	ServerCAFile string `yaml:"server_ca_file" env:"SERVER_CA_FILE"`
 	// PollInterval is how often the agent checks without a hint; default
 	// 1h, jittered by ±20%.
 	PollInterval time.Duration `yaml:"poll_interval" env:"POLL_INTERVAL"`

@@ -2,6 +2,7 @@ package report
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,9 +18,12 @@ const publishTimeout = 30 * time.Second
 
 // LinkOptions configures the device's MQTT connection.
 type LinkOptions struct {
-	BrokerURL   string // required
-	DeviceID    string // client ID and username; required
-	Credential  string // password
+	BrokerURL string // required
+	DeviceID  string // client ID and username; required
+	// TLS is used for ssl:// (tls://, mqtts://) broker URLs: the device's
+	// client certificate (its identity to the broker) and the roots that
+	// verify the broker. nil: no client certificate.
+	TLS         *tls.Config
 	TopicPrefix string // required
 	Log         *slog.Logger
 }
@@ -45,7 +49,7 @@ func Connect(opts LinkOptions) (*Link, error) {
 		AddBroker(opts.BrokerURL).
 		SetClientID(opts.DeviceID).
 		SetUsername(opts.DeviceID).
-		SetPassword(opts.Credential).
+		SetTLSConfig(opts.TLS).
 		SetCleanSession(false).
 		SetAutoReconnect(true).
 		SetConnectRetry(true).

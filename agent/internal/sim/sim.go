@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -169,26 +170,39 @@ func run(ctx context.Context, opts Options, r Running) error {
 	if err != nil {
 		return err
 	}
+	creds, err := agent.LoadCredentials(r.Dir, id.DeviceID)
+	if err != nil {
+		return err
+	}
+	httpc := opts.HTTP
+	if strings.HasPrefix(opts.ServerURL, "https://") {
+		// Each device presents its own certificate to the API.
+		t := creds.HTTPTLS(nil)
+		if tr, ok := opts.HTTP.Transport.(*http.Transport); ok && tr.TLSClientConfig != nil {
+			t.RootCAs = tr.TLSClientConfig.RootCAs
+		}
+		httpc = agent.NewHTTPClientTLS(t)
+	}
 	for {
 		slot, err := r.Boot.PowerOn()
 		if err != nil {
 			return err
 		}
 		log.Debug("power on", "slot", slot)
-		checker := health.Checker{ServerURL: opts.ServerURL, HTTP: opts.HTTP, Timeout: 30 * time.Second, Retry: 500 * time.Millisecond}
+		checker := health.Checker{ServerURL: opts.ServerURL, HTTP: httpc, Timeout: 30 * time.Second, Retry: 500 * time.Millisecond}
 		healthFn := checker.Check
 		if r.FailHealth {
 			healthFn = func(context.Context) error { return errors.New("simulated health failure") }
 		}
 		ag, err := agent.New(agent.Options{
-			ServerURL: opts.ServerURL, Identity: id, BrokerURL: opts.BrokerURL,
+			ServerURL: opts.ServerURL, Identity: id, Credentials: creds, BrokerURL: opts.BrokerURL,
 			Model: r.Model, HardwareRevision: r.HardwareRevision, FactoryVersion: r.Version,
 			BootstrapRoot: opts.BootstrapRoot, RolloutRoot: opts.RolloutRoot, StateDir: r.Dir, Boot: r.Boot,
 			Slots: map[firmware.Slot]string{
 				firmware.SlotA: filepath.Join(r.Dir, "slot-a.img"),
 				firmware.SlotB: filepath.Join(r.Dir, "slot-b.img"),
 			},
-			Health: healthFn, PollInterval: opts.PollInterval, HTTP: opts.HTTP, Log: log,
+			Health: healthFn, PollInterval: opts.PollInterval, HTTP: httpc, Log: log,
 		})
 		if err != nil {
 			return err

@@ -106,7 +106,7 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 	if err := waitHealthy(ctx, serverURL, srv); err != nil {
 		return err
 	}
-	say("server up at %s (embedded MQTT broker on %s, SQLite in %s)", serverURL, o.BrokerListen, filepath.Join(o.Dir, "server"))
+	say("server up at %s (embedded MQTT broker on %s, mutual TLS with certificates from the server's device CA; SQLite in %s)", serverURL, o.BrokerListen, filepath.Join(o.Dir, "server"))
 
 	c := newClient(serverURL, adminToken)
 	devices, err := demoEnrollment(ctx, c, o.Failing)
@@ -128,7 +128,7 @@ func (e *env) demo(ctx context.Context, o demoOptions) error {
 	if err := waitEnrolled(ctx, c, len(devices), sim); err != nil {
 		return err
 	}
-	say("%d simulated %s devices enrolled in %d sites, running %s", len(devices), demoModel, len(demoSites), demoFrom)
+	say("%d simulated %s devices enrolled in %d sites, running %s: each made its own key and got a certificate for the broker", len(devices), demoModel, len(demoSites), demoFrom)
 
 	rel, err := e.demoRelease(ctx, c, o.Dir, keys)
 	if err != nil {

@@ -276,5 +276,36 @@ func devicesCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&siteID, "site", "", "only devices of this site")
+	cmd.AddCommand(revokeCmd(e))
+	return cmd
+}
+
+// revokedDevice is the answer to a revocation.
+type revokedDevice struct {
+	ID            string    `json:"id"`
+	SiteID        string    `json:"site_id"`
+	RevokedAt     time.Time `json:"revoked_at"`
+	RevokedReason string    `json:"revoked_reason"`
+}
+
+func revokeCmd(e *env) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "revoke DEVICE_ID --reason TEXT",
+		Short: "Revoke a device: the broker and the API refuse its certificates from now on",
+		Long: `Marks the device revoked. The embedded broker closes its connection and
+refuses it; the API answers 401 to its certificate; the CRL in the server's
+data directory (device-crl.pem) lists its certificates for an external
+broker: reload Mosquitto (SIGHUP or restart) to apply it there.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var out revokedDevice
+			return e.postShow(cmd.Context(), "/api/v1/devices/"+url.PathEscape(args[0])+"/revoke", map[string]string{"reason": reason}, &out, func(w io.Writer) {
+				fmt.Fprintf(w, "device %s revoked at %s: %s\n", out.ID, out.RevokedAt.Format(time.RFC3339), out.RevokedReason)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why the device is revoked (required; kept with the device)")
+	cmd.MarkFlagRequired("reason")
 	return cmd
 }

@@ -11,9 +11,11 @@
 //     middleware refuses what the principal's role lacks (403), handlers
 //     answer 404 for objects outside a hospital's scope, and refused
 //     writes and decisions go to the audit log;
-//   - devices: their credential from enrollment authenticates them to the
-//     broker; over HTTP they only enroll and read the repositories;
-//   - POST /api/v1/enroll takes a one-time enrollment token in its body;
+//   - devices: the client certificate from enrollment (mutual TLS, verified
+//     by the listener against the device CA) on /api/v1/device/...; a
+//     revoked device's certificate gets 401;
+//   - POST /api/v1/enroll takes a one-time enrollment token and a CSR in
+//     its body;
 //   - /tuf/ is public: its files are signed, and a device checks them. A
 //     device learns its assignment from /tuf/rollout/, not from the API.
 package api

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/api"
+	"github.com/aftercare/aftercare/server/internal/deviceca"
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/release"
 	"github.com/aftercare/aftercare/server/internal/store"
@@ -48,6 +50,9 @@ type stack struct {
 	// rolloutDir holds the rollout repository.
 	rolloutDir string
 	handler    http.Handler // the *echo.Echo
+	ca         *deviceca.CA
+	fleet      *fleet.Service
+	crlPath    string
 }
 
 // storeSource reads assignments for the rollout repository from the store,
@@ -115,17 +120,26 @@ func newStackWith(t *testing.T, s *store.Store, now func() time.Time) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := fleet.New(fleet.Options{Store: st.store, Log: log, Publisher: rollout})
+	if st.ca, err = deviceca.Open(st.dataDir, "", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	st.crlPath = filepath.Join(st.dataDir, deviceca.CRLFile)
+	fl, err := fleet.New(fleet.Options{Store: st.store, Log: log, Publisher: rollout, CA: st.ca, CRLPath: st.crlPath})
 	if err != nil {
 		t.Fatal(err)
 	}
+	st.fleet = fl
 	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
 		Access: people, Store: st.store, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.handler = h
-	st.srv = httptest.NewServer(h)
+	// Real TLS as the server runs it with tls_cert_file: a device's client
+	// certificate is verified against the device CA when offered.
+	st.srv = httptest.NewUnstartedServer(h)
+	st.srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: st.ca.Pool()}
+	st.srv.StartTLS()
 	t.Cleanup(st.srv.Close)
 	return st
 }
@@ -140,7 +154,7 @@ func (st *stack) call(t *testing.T, method, path, token, contentType string, bod
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := st.srv.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,12 +342,13 @@ func TestEnrollmentAndSites(t *testing.T) {
 	if code := st.postJSON(t, "/api/v1/sites/"+site.ID+"/enrollment-tokens", adminToken, map[string]int{"count": 1}, &toks); code != 201 || len(toks.Tokens) != 1 {
 		t.Fatalf("create tokens = %d %v", code, toks)
 	}
-	enroll := map[string]string{"token": toks.Tokens[0], "model": "pump-x1", "installed_version": "1.0.0", "serial": "PX1"}
+	_, csr := newCSR(t, "dev-px1")
+	enroll := map[string]string{"token": toks.Tokens[0], "device_id": "dev-px1", "csr": csr, "model": "pump-x1", "installed_version": "1.0.0", "serial": "PX1"}
 	var dev struct {
 		DeviceID    string `json:"device_id"`
-		DeviceToken string `json:"device_token"`
+		Certificate string `json:"certificate"`
 	}
-	if code := st.postJSON(t, "/api/v1/enroll", "", enroll, &dev); code != 201 || dev.DeviceToken == "" {
+	if code := st.postJSON(t, "/api/v1/enroll", "", enroll, &dev); code != 201 || dev.Certificate == "" {
 		t.Fatalf("enroll = %d %+v", code, dev)
 	}
 	countDevices := func() int {
@@ -358,11 +373,10 @@ func TestEnrollmentAndSites(t *testing.T) {
 		{"empty-site-name", "POST", "/api/v1/sites", adminToken, map[string]string{"name": " "}, 400},
 		{"rollout-of-unknown-release", "POST", "/api/v1/rollouts", adminToken, map[string]string{"release_id": "nope"}, 400},
 		{"no-admin-token", "GET", "/api/v1/sites", "", nil, 401},
-		{"device-token-is-not-admin", "GET", "/api/v1/sites", dev.DeviceToken, nil, 401},
 		// Devices learn their assignment from the rollout repository
 		// only; the old endpoint is gone (an unknown path is 404 before
 		// any token check: the route table is public, in docs/api.md).
-		{"no-assignment-endpoint", "GET", "/api/v1/device/assignment", dev.DeviceToken, nil, 404},
+		{"no-assignment-endpoint", "GET", "/api/v1/device/assignment", "", nil, 404},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -456,7 +470,8 @@ func TestRolloutIsPublishedToTheRolloutRepository(t *testing.T) {
 	var dev struct {
 		DeviceID string `json:"device_id"`
 	}
-	st.postJSON(t, "/api/v1/enroll", "", map[string]string{"token": toks.Tokens[0], "model": "pump-x1", "installed_version": "1.0.0"}, &dev)
+	_, csr := newCSR(t, "dev-1")
+	st.postJSON(t, "/api/v1/enroll", "", st.enrollBody(toks.Tokens[0], "dev-1", csr), &dev)
 	b, m := bundle(t, "1.1.0")
 	var rel struct{ ID string }
 	st.upload(t, b, st.sign(t, m, st.targets), &rel)

@@ -45,6 +45,9 @@ func (h *handlers) routes() []route {
 		{"GET", "/console/*", access.Public, "", consoleFiles()},
 		// Enrollment authenticates with the one-time token in its body.
 		{"POST", "/api/v1/enroll", access.Public, "", h.enroll},
+		// Devices authenticate with their client certificate (deviceAuth), never a token.
+		{"GET", "/api/v1/device", access.Public, "", h.deviceAuth(h.whoami)},
+		{"POST", "/api/v1/device/certificate", access.Public, "", h.deviceAuth(h.renewCertificate)},
 
 		{"GET", "/api/v1/orgs", access.OrgsRead, "", h.listOrgs},
 		{"POST", "/api/v1/orgs", access.OrgsWrite, "", h.createOrg}, // audited in the same transaction
@@ -56,6 +59,8 @@ func (h *handlers) routes() []route {
 		{"GET", "/api/v1/patch-state", access.DevicesRead, "", h.patchSummary},
 		{"GET", "/api/v1/devices", access.DevicesRead, "", h.listDevices},
 		{"GET", "/api/v1/devices/:id", access.DevicesRead, "", h.getDevice},
+		{"POST", "/api/v1/devices/:id/revoke", access.DevicesRevoke, "device.revoke", h.revokeDevice},
+		{"GET", "/api/v1/device-ca", access.DevicesRead, "", h.deviceCA},
 		{"GET", "/api/v1/releases", access.ReleasesRead, "", h.listReleases},
 		{"POST", "/api/v1/releases", access.ReleasesWrite, "release.publish", h.uploadRelease},
 		{"GET", "/api/v1/releases/:id", access.ReleasesRead, "", h.getRelease},

@@ -1,26 +1,39 @@
 // Package broker runs the embedded MQTT broker (mochi-mqtt) for single-node
 // installs. The fleet server does not use it directly: it connects to it
-// over TCP with the same paho client it uses for an external broker, so one
+// over TLS with the same paho client it uses for an external broker, so one
 // code path is tested.
 //
-// Access is denied unless a rule allows it:
-//   - the server's own client (a username and a secret generated per
-//     process) may publish and subscribe anywhere under the topic prefix;
-//   - a device connects with its device ID as both client ID and username
-//     and its device credential as password, and may publish only to its
-//     own state topic and subscribe only to its own hint topic. A will
-//     message is checked like a publish.
+// Every client connects over TLS with a client certificate the device CA
+// signed (mutual TLS); the identity is the certificate's subject CN, never
+// a name the client chooses. The hook denies whatever no rule allows:
+//   - the server's own client (CN deviceca.ServerCN, which no device ID can
+//     equal) may publish and subscribe anywhere under the topic prefix,
+//     shared subscriptions included;
+//   - a device (CN = device ID) must use its device ID as client ID, and
+//     its certificate must be current (Options.Devices: issued to it, not
+//     revoked). It may publish only in its own subtree, on
+//     {prefix}/dev/{id}/state and .../events (not on its hint topic), and
+//     subscribe only to its own hint topic;
+//   - a will message is checked like a publish at connect: mochi publishes
+//     a will without asking the ACL hook, so a connect with a will topic
+//     the client may not write is refused.
+//
+// Limits: packet size, connected clients, inflight messages, receive
+// maximum and session expiry are bounded (Limits); mochi's defaults are
+// unbounded.
 package broker
 
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -29,50 +42,92 @@ import (
 	"github.com/aftercare/aftercare/protocol"
 )
 
-// maxPacketBytes bounds every MQTT packet; device payloads are at most
-// protocol.MaxPayloadBytes.
-const maxPacketBytes = 256 << 10 // 256 KiB
+// authTimeout bounds the check of one device's certificate at connect.
+const authTimeout = 10 * time.Second
 
-// A DeviceAuthenticator checks a device's credential and returns false for
-// an unknown device or a wrong credential.
-type DeviceAuthenticator func(ctx context.Context, deviceID, credential string) bool
+// A DeviceAuthenticator checks a device's verified client certificate and
+// returns false for an unknown or revoked device or a certificate not
+// issued to it.
+type DeviceAuthenticator func(ctx context.Context, deviceID string, cert *x509.Certificate) bool
+
+// Limits bound what clients can make the broker hold.
+type Limits struct {
+	MaxPacketBytes   uint32        // largest MQTT packet; default 256 KiB
+	MaxClients       int64         // connected clients; default 100,000
+	MaxInflight      uint16        // QoS>0 messages held per client; default 1024
+	ReceiveMaximum   uint16        // concurrent QoS>0 publishes per client; default 64
+	MaxSessionExpiry time.Duration // how long a disconnected session is kept; default 7 days
+}
+
+// DefaultLimits returns the limits used for zero fields.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxPacketBytes:   256 << 10, // device payloads are at most protocol.MaxPayloadBytes
+		MaxClients:       100_000,
+		MaxInflight:      1024,
+		ReceiveMaximum:   64,
+		MaxSessionExpiry: 7 * 24 * time.Hour,
+	}
+}
 
 // Options configures the embedded broker.
 type Options struct {
-	Listen         string // TCP address, e.g. "127.0.0.1:1884"; required
-	TopicPrefix    string // required
-	ServerUsername string // the fleet server's own client; required
-	ServerPassword string // required
-	Devices        DeviceAuthenticator
-	Log            *slog.Logger // required
+	Listen      string // TCP address, e.g. "127.0.0.1:8884"; required
+	TopicPrefix string // required
+	// TLS is the listener's configuration: the broker's certificate, and
+	// ClientCAs holding the device CA; required. Start requires and
+	// verifies a client certificate whatever ClientAuth says.
+	TLS *tls.Config
+	// ServerCN is the CN of the fleet server's own client certificate;
+	// required.
+	ServerCN string
+	Devices  DeviceAuthenticator // required
+	Limits   Limits              // zero fields take DefaultLimits
+	Log      *slog.Logger        // required
 }
 
-// Broker is a running embedded broker.
+// Broker is a running embedded broker. It is safe for concurrent use.
 type Broker struct {
 	srv  *mqtt.Server
 	addr net.Addr
+	log  *slog.Logger
 }
 
 // Start starts the broker listening on opts.Listen.
 func Start(opts Options) (*Broker, error) {
-	if opts.Listen == "" || opts.TopicPrefix == "" || opts.ServerUsername == "" || opts.ServerPassword == "" || opts.Devices == nil || opts.Log == nil {
-		return nil, errors.New("broker: Listen, TopicPrefix, server credentials, Devices and Log are required")
+	if opts.Listen == "" || opts.TopicPrefix == "" || opts.TLS == nil || opts.TLS.ClientCAs == nil || opts.ServerCN == "" || opts.Devices == nil || opts.Log == nil {
+		return nil, errors.New("broker: Listen, TopicPrefix, TLS with ClientCAs, ServerCN, Devices and Log are required")
 	}
+	if protocol.ValidID(opts.ServerCN) {
+		return nil, fmt.Errorf("broker: ServerCN %q could be a device ID; it must hold a character device IDs cannot", opts.ServerCN)
+	}
+	opts.Limits = withDefaults(opts.Limits)
 	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = maxPacketBytes
+	caps.MaximumPacketSize = opts.Limits.MaxPacketBytes
+	caps.MaximumClients = opts.Limits.MaxClients
+	caps.MaximumInflight = opts.Limits.MaxInflight
+	caps.ReceiveMaximum = opts.Limits.ReceiveMaximum
+	caps.MaximumSessionExpiryInterval = uint32(opts.Limits.MaxSessionExpiry / time.Second)
+	caps.MaximumClientWritesPending = 1024
+	log := opts.Log.With("component", "broker")
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       opts.Log.With("component", "broker"),
+		Logger:       log,
 	})
-	if err := srv.AddHook(&authHook{opts: opts}, nil); err != nil {
+	if err := srv.AddHook(&authHook{opts: opts, log: log}, nil); err != nil {
 		return nil, err
+	}
+	tlsConf := opts.TLS.Clone()
+	tlsConf.ClientAuth = tls.RequireAndVerifyClientCert
+	if tlsConf.MinVersion < tls.VersionTLS12 {
+		tlsConf.MinVersion = tls.VersionTLS12
 	}
 	// Listen here rather than in mochi so a ":0" address reports its port.
 	ln, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
-	tcp := listeners.NewNet("tcp", ln)
+	tcp := listeners.NewNet("mtls", tls.NewListener(ln, tlsConf))
 	if err := srv.AddListener(tcp); err != nil {
 		ln.Close()
 		return nil, err
@@ -80,14 +135,51 @@ func Start(opts Options) (*Broker, error) {
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("broker: serve: %w", err)
 	}
-	return &Broker{srv: srv, addr: ln.Addr()}, nil
+	return &Broker{srv: srv, addr: ln.Addr(), log: log}, nil
+}
+
+func withDefaults(l Limits) Limits {
+	d := DefaultLimits()
+	if l.MaxPacketBytes == 0 {
+		l.MaxPacketBytes = d.MaxPacketBytes
+	}
+	if l.MaxClients == 0 {
+		l.MaxClients = d.MaxClients
+	}
+	if l.MaxInflight == 0 {
+		l.MaxInflight = d.MaxInflight
+	}
+	if l.ReceiveMaximum == 0 {
+		l.ReceiveMaximum = d.ReceiveMaximum
+	}
+	if l.MaxSessionExpiry == 0 {
+		l.MaxSessionExpiry = d.MaxSessionExpiry
+	}
+	return l
 }
 
 // Addr is the address the broker listens on.
 func (b *Broker) Addr() net.Addr { return b.addr }
 
-// URL is the broker's address as a paho URL, e.g. "tcp://127.0.0.1:1884".
-func (b *Broker) URL() string { return "tcp://" + b.addr.String() }
+// URL is the broker's address as a paho URL, e.g. "ssl://127.0.0.1:8884".
+func (b *Broker) URL() string { return "ssl://" + b.addr.String() }
+
+// Disconnect closes the connection of the device, if it is connected. The
+// fleet service calls it when it revokes the device; the device's next
+// connect is refused by Options.Devices.
+func (b *Broker) Disconnect(deviceID string) {
+	cl, ok := b.srv.Clients.Get(deviceID)
+	if !ok || cl.Closed() {
+		return
+	}
+	b.log.Warn("disconnecting a revoked device", "device_id", deviceID)
+	if cl.Properties.ProtocolVersion == 5 {
+		b.srv.DisconnectClient(cl, packets.ErrNotAuthorized) // [MQTT-3.14.2-1]: with a reason
+		return
+	}
+	// MQTT 3.1.1 has no server DISCONNECT: close the connection.
+	cl.Stop(packets.ErrNotAuthorized)
+}
 
 // Close stops the broker and disconnects every client.
 func (b *Broker) Close() error { return b.srv.Close() }
@@ -95,6 +187,7 @@ func (b *Broker) Close() error { return b.srv.Close() }
 type authHook struct {
 	mqtt.HookBase
 	opts Options
+	log  *slog.Logger
 }
 
 func (h *authHook) ID() string { return "aftercare-auth" }
@@ -103,43 +196,77 @@ func (h *authHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
 }
 
-func (h *authHook) isServer(cl *mqtt.Client) bool {
-	return string(cl.Properties.Username) == h.opts.ServerUsername
+// peer returns the client's verified certificate, or nil. The TLS
+// listener required and verified it against the device CA before the
+// CONNECT packet could be read.
+func peer(cl *mqtt.Client) *x509.Certificate {
+	conn, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	st := conn.ConnectionState()
+	if !st.HandshakeComplete || len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return nil
+	}
+	return st.PeerCertificates[0]
+}
+
+// identity is the client's certificate CN, or "" without a verified one.
+func identity(cl *mqtt.Client) string {
+	if c := peer(cl); c != nil {
+		return c.Subject.CommonName
+	}
+	return ""
 }
 
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	user := string(pk.Connect.Username)
-	pass := string(pk.Connect.Password)
-	if user == h.opts.ServerUsername {
-		return subtle.ConstantTimeCompare([]byte(pass), []byte(h.opts.ServerPassword)) == 1
-	}
-	// A device's client ID is its identity, so no device can take over
-	// another's session by choosing its client ID.
-	if !protocol.ValidID(user) || pk.Connect.ClientIdentifier != user {
+	cert := peer(cl)
+	if cert == nil {
+		h.log.Warn("broker refused a client without a verified certificate", "remote", cl.Net.Remote)
 		return false
 	}
-	if !h.opts.Devices(context.Background(), user, pass) {
+	id := cert.Subject.CommonName
+	if id == h.opts.ServerCN {
+		return true
+	}
+	// A device's client ID is its certificate's identity, so no device can
+	// take over another's session by choosing its client ID.
+	if !protocol.ValidID(id) || pk.Connect.ClientIdentifier != id {
+		h.log.Warn("broker refused a client ID that is not the certificate's device ID", "device_id", id, "client_id", pk.Connect.ClientIdentifier)
 		return false
 	}
-	if pk.Connect.WillFlag && !h.deviceMayWrite(user, pk.Connect.WillTopic) {
-		h.opts.Log.Warn("broker refused a will message outside the device's subtree", "device_id", user, "topic", pk.Connect.WillTopic)
+	// mochi's hooks carry no context; bound the store lookup instead.
+	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
+	defer cancel()
+	if !h.opts.Devices(ctx, id, cert) {
+		return false
+	}
+	if pk.Connect.WillFlag && !h.deviceMayWrite(id, pk.Connect.WillTopic) {
+		h.log.Warn("broker refused a will message outside the device's subtree", "device_id", id, "topic", pk.Connect.WillTopic)
 		return false
 	}
 	return true
 }
 
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	if h.isServer(cl) {
+	id := identity(cl)
+	if id == "" {
+		return false
+	}
+	if id == h.opts.ServerCN {
 		return strings.HasPrefix(topic, h.opts.TopicPrefix+"/") ||
 			strings.HasPrefix(topic, "$share/") && strings.Contains(topic, "/"+h.opts.TopicPrefix+"/")
 	}
-	device := string(cl.Properties.Username)
 	if write {
-		return h.deviceMayWrite(device, topic)
+		return h.deviceMayWrite(id, topic)
 	}
-	return topic == protocol.DeviceTopic(h.opts.TopicPrefix, device, protocol.KindHint)
+	return topic == protocol.DeviceTopic(h.opts.TopicPrefix, id, protocol.KindHint)
 }
 
+// deviceMayWrite allows {prefix}/dev/{device}/{kind} for the kinds a
+// device sends (protocol.DeviceWritable), as deploy/mosquitto/aftercare.acl
+// does.
 func (h *authHook) deviceMayWrite(device, topic string) bool {
-	return topic == protocol.DeviceTopic(h.opts.TopicPrefix, device, protocol.KindState)
+	kind, ok := strings.CutPrefix(topic, h.opts.TopicPrefix+"/dev/"+device+"/")
+	return ok && protocol.DeviceWritable(kind)
 }

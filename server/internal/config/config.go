@@ -36,14 +36,41 @@ type Config struct {
 	// DatabaseURL is "sqlite:///path" or "postgres://..."; default
 	// "sqlite://" + DataDir + "/aftercare.db".
 	DatabaseURL Secret `yaml:"database_url" env:"DATABASE_URL"`
+	// TLSCertFile and TLSKeyFile make Listen serve HTTPS (PEM files, the
+	// certificate chain first). Devices then use their client certificate
+	// on the device routes, e.g. certificate renewal. Empty serves plain
+	// HTTP, for a TLS-terminating proxy in front or for tests; device
+	// certificate renewal then is not available.
+	TLSCertFile string `yaml:"tls_cert_file" env:"TLS_CERT_FILE"`
+	TLSKeyFile  string `yaml:"tls_key_file" env:"TLS_KEY_FILE"`
 
-	// BrokerURL is an external MQTT broker, e.g. "tcp://broker:1883". Empty
+	// DeviceCACert and DeviceCAKey are the device CA (PEM, ECDSA P-256).
+	// Empty: the CA is created at first start in DataDir (device-ca.pem,
+	// device-ca.key with mode 0600).
+	DeviceCACert string `yaml:"device_ca_cert" env:"DEVICE_CA_CERT"`
+	DeviceCAKey  string `yaml:"device_ca_key" env:"DEVICE_CA_KEY"`
+	// DeviceCertValidity is how long a device certificate is valid;
+	// devices renew in the last third. Default 2160h (90 days).
+	DeviceCertValidity time.Duration `yaml:"device_cert_validity" env:"DEVICE_CERT_VALIDITY"`
+
+	// BrokerURL is an external MQTT broker, e.g. "ssl://broker:8883". Empty
 	// runs the embedded broker on EmbeddedBrokerListen.
 	BrokerURL      string `yaml:"broker_url" env:"BROKER_URL"`
 	BrokerUsername string `yaml:"broker_username" env:"BROKER_USERNAME"`
 	BrokerPassword Secret `yaml:"broker_password" env:"BROKER_PASSWORD"`
-	// EmbeddedBrokerListen is the embedded broker's TCP address; default
-	// "127.0.0.1:1884".
+	// BrokerCAFile verifies an external broker's TLS certificate (PEM);
+	// empty uses the system roots.
+	BrokerCAFile string `yaml:"broker_ca_file" env:"BROKER_CA_FILE"`
+	// BrokerClientCert and BrokerClientKey are the server's client
+	// certificate for an external broker that takes identities from
+	// certificates (deploy/mosquitto/aftercare-mtls.conf): a certificate
+	// from the device CA with CN "aftercare:server" (see
+	// docs/security-model.md). Empty: none is presented.
+	BrokerClientCert string `yaml:"broker_client_cert" env:"BROKER_CLIENT_CERT"`
+	BrokerClientKey  string `yaml:"broker_client_key" env:"BROKER_CLIENT_KEY"`
+	// EmbeddedBrokerListen is the embedded broker's address; it serves MQTT
+	// over TLS and requires a client certificate from the device CA.
+	// Default "127.0.0.1:1884".
 	EmbeddedBrokerListen string `yaml:"embedded_broker_listen" env:"EMBEDDED_BROKER_LISTEN"`
 	// DeviceBrokerURL is the broker URL devices are given at enrollment;
 	// default: BrokerURL, or the embedded broker's address.
@@ -155,6 +182,7 @@ func Default() Config {
 		TimestampExpiry:      24 * time.Hour,
 		RolloutBinBits:       8,
 		MaxBundleBytes:       2 << 30,
+		DeviceCertValidity:   90 * 24 * time.Hour,
 		LogLevel:             "info",
 		Vuln: Vuln{
 			MaxSBOMBytes: 64 << 20, SBOMMaxDepth: 64, SBOMMaxComponents: 50_000,
@@ -213,6 +241,9 @@ docs/configuration.md for the list.`
 func (c *Config) fillDerived() {
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.Listen
+		if c.TLSCertFile != "" {
+			c.PublicURL = "https://" + c.Listen
+		}
 	}
 	if c.DatabaseURL == "" && c.DataDir != "" {
 		c.DatabaseURL = Secret("sqlite://" + filepath.Join(c.DataDir, "aftercare.db"))
@@ -221,7 +252,7 @@ func (c *Config) fillDerived() {
 		if c.BrokerURL != "" {
 			c.DeviceBrokerURL = c.BrokerURL
 		} else {
-			c.DeviceBrokerURL = "tcp://" + c.EmbeddedBrokerListen
+			c.DeviceBrokerURL = "ssl://" + c.EmbeddedBrokerListen
 		}
 	}
 }
@@ -268,6 +299,18 @@ func (c Config) Validate() error {
 	}
 	if c.TimestampExpiry < time.Hour {
 		errs = append(errs, fmt.Errorf("timestamp_expiry %s must be at least 1h", c.TimestampExpiry))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, fmt.Errorf("tls_cert_file %q and tls_key_file go together: set both or neither", c.TLSCertFile))
+	}
+	if (c.DeviceCACert == "") != (c.DeviceCAKey == "") {
+		errs = append(errs, fmt.Errorf("device_ca_cert %q and device_ca_key go together: set both or neither", c.DeviceCACert))
+	}
+	if (c.BrokerClientCert == "") != (c.BrokerClientKey == "") {
+		errs = append(errs, fmt.Errorf("broker_client_cert %q and broker_client_key go together: set both or neither", c.BrokerClientCert))
+	}
+	if c.DeviceCertValidity < time.Minute || c.DeviceCertValidity > 5*365*24*time.Hour {
+		errs = append(errs, fmt.Errorf("device_cert_validity %s must be from 1m to 43800h (5 years)", c.DeviceCertValidity))
 	}
 	if c.MaxBundleBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("max_bundle_bytes %d must be at least 1 MiB", c.MaxBundleBytes))

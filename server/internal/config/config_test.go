@@ -21,7 +21,7 @@ func TestDefaultsWithKeys(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load() = %v", err)
 	}
-	if cfg.DeviceBrokerURL != "tcp://127.0.0.1:1884" || cfg.PublicURL != "http://127.0.0.1:8080" || cfg.RolloutBinBits != 8 {
+	if cfg.DeviceBrokerURL != "ssl://127.0.0.1:1884" || cfg.PublicURL != "http://127.0.0.1:8080" || cfg.RolloutBinBits != 8 {
 		t.Fatalf("derived defaults = %+v", cfg)
 	}
 	if printed := fmt.Sprintf("%+v", cfg); strings.Contains(printed, "hunter2") {

@@ -1,5 +1,7 @@
 // Package fleet is the fleet server's domain of sites and devices: creating
-// sites, enrolling devices with one-time tokens, authenticating devices,
+// sites, enrolling devices with one-time tokens and certificate signing
+// requests, authenticating devices by certificate, renewing and revoking
+// their certificates,
 // rolling releases out to them, taking in their state reports and answering
 // for patch state. It takes and returns plain Go types; the HTTP edge lives
 // in package api.
@@ -23,6 +25,7 @@ import (
 	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/protocol"
 	"github.com/aftercare/aftercare/server/internal/audit"
+	"github.com/aftercare/aftercare/server/internal/deviceca"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/store"
 )
@@ -55,7 +58,15 @@ type Options struct {
 	TopicPrefix string
 	// EnrollmentTTL is how long an enrollment token stays valid; default 7 days.
 	EnrollmentTTL time.Duration
-	Now           func() time.Time // nil means time.Now
+	// CA signs device certificates at enrollment and renewal; required.
+	CA *deviceca.CA
+	// CertValidity is how long a device certificate is valid; default 90
+	// days. Devices renew in the last third.
+	CertValidity time.Duration
+	// CRLPath is where the device CRL is written for an external broker
+	// (Mosquitto's crlfile); empty writes none.
+	CRLPath string
+	Now     func() time.Time // nil means time.Now
 }
 
 // Service is the fleet domain. It is safe for concurrent use.
@@ -65,12 +76,17 @@ type Service struct {
 	mu           sync.Mutex
 	hints        Hinter // guarded by mu
 	deviceBroker string // guarded by mu
+	cutoff       Cutoff // guarded by mu
+	crlNumber    int64  // guarded by mu
 }
 
 // New returns a Service.
 func New(opts Options) (*Service, error) {
-	if opts.Store == nil || opts.Log == nil {
-		return nil, errors.New("fleet: Store and Log are required")
+	if opts.Store == nil || opts.Log == nil || opts.CA == nil {
+		return nil, errors.New("fleet: Store, Log and CA are required")
+	}
+	if opts.CertValidity <= 0 {
+		opts.CertValidity = DefaultCertValidity
 	}
 	if opts.EnrollmentTTL <= 0 {
 		opts.EnrollmentTTL = 7 * 24 * time.Hour
@@ -179,65 +195,6 @@ func (s *Service) CreateEnrollmentTokens(ctx context.Context, siteID string, n i
 		}
 	}
 	return tokens, expires, nil
-}
-
-// Enroll turns a one-time token into a device and its credential.
-func (s *Service) Enroll(ctx context.Context, req protocol.EnrollRequest) (protocol.EnrollResponse, error) {
-	var problems []string
-	if req.Token == "" {
-		problems = append(problems, "token is required")
-	}
-	if req.Model == "" || len(req.Model) > 64 || !firmware.ValidName(req.Model) {
-		problems = append(problems, fmt.Sprintf("model %q must be 1-64 characters of a-z, 0-9, '.', '_', '-'", req.Model))
-	}
-	if req.HardwareRevision != "" && !firmware.ValidName(req.HardwareRevision) {
-		problems = append(problems, fmt.Sprintf("hardware_revision %q must be characters of a-z, 0-9, '.', '_', '-'", req.HardwareRevision))
-	}
-	if !firmware.ValidVersion(req.InstalledVersion) {
-		problems = append(problems, fmt.Sprintf("installed_version %q is not a semantic version such as 1.0.0", req.InstalledVersion))
-	}
-	if len(req.Serial) > 128 {
-		problems = append(problems, "serial must be at most 128 characters")
-	}
-	if err := problem.Invalid(problems...); err != nil {
-		return protocol.EnrollResponse{}, err
-	}
-	credential := newSecret("acd_")
-	d := store.Device{
-		ID: uuid.NewString(), Serial: req.Serial, Model: req.Model,
-		HardwareRevision: req.HardwareRevision, InstalledVersion: req.InstalledVersion,
-	}
-	d, err := s.opts.Store.Enroll(ctx, HashSecret(req.Token), HashSecret(credential), s.opts.Now(), d)
-	if err != nil {
-		return protocol.EnrollResponse{}, err
-	}
-	s.opts.Log.Info("device enrolled", "device_id", d.ID, "site_id", d.SiteID, "model", d.Model)
-	s.mu.Lock()
-	broker := s.deviceBroker
-	s.mu.Unlock()
-	return protocol.EnrollResponse{
-		DeviceID: d.ID, DeviceToken: credential, SiteID: d.SiteID,
-		BrokerURL: broker, TopicPrefix: s.opts.TopicPrefix,
-	}, nil
-}
-
-// AuthenticateDevice returns the device whose credential this is.
-func (s *Service) AuthenticateDevice(ctx context.Context, credential string) (store.Device, error) {
-	if credential == "" {
-		return store.Device{}, fmt.Errorf("no device credential: %w", problem.ErrUnauthorized)
-	}
-	d, err := s.opts.Store.DeviceByTokenHash(ctx, HashSecret(credential))
-	if errors.Is(err, problem.ErrNotFound) {
-		return store.Device{}, fmt.Errorf("device credential not recognised: %w", problem.ErrUnauthorized)
-	}
-	return d, err
-}
-
-// DeviceCredentialValid reports whether credential belongs to deviceID. The
-// embedded broker calls it for every device connection.
-func (s *Service) DeviceCredentialValid(ctx context.Context, deviceID, credential string) bool {
-	d, err := s.AuthenticateDevice(ctx, credential)
-	return err == nil && d.ID == deviceID
 }
 
 // RolloutRequest asks for a release to be rolled out.

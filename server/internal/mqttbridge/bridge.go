@@ -11,6 +11,7 @@ package mqttbridge
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,10 +34,15 @@ type Handler func(ctx context.Context, deviceID string, payload []byte) error
 
 // Options configures the bridge.
 type Options struct {
-	BrokerURL   string // e.g. "tcp://127.0.0.1:1883"; required
-	ClientID    string // stable per server replica; required
-	Username    string
-	Password    string // empty when the broker needs none
+	BrokerURL string // e.g. "tcp://127.0.0.1:1883"; required
+	ClientID  string // stable per server replica; required
+	Username  string
+	Password  string // empty when the broker needs none
+	// TLS is used for ssl:// (and tls://, mqtts://) broker URLs: the CA
+	// that signed the broker's certificate and, for a broker that takes
+	// the identity from the client certificate, the server's own client
+	// certificate. nil uses the system roots and no client certificate.
+	TLS         *tls.Config
 	TopicPrefix string // required
 	ShareGroup  string // shared-subscription group; default "aftercare"
 	OnState     Handler
@@ -68,6 +74,7 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 		SetClientID(opts.ClientID).
 		SetUsername(opts.Username).
 		SetPassword(opts.Password).
+		SetTLSConfig(opts.TLS).
 		// A persistent session keeps QoS 1 reports queued at the broker
 		// while this replica restarts.
 		SetCleanSession(false).

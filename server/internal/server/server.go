@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/api"
 	"github.com/aftercare/aftercare/server/internal/broker"
 	"github.com/aftercare/aftercare/server/internal/config"
+	"github.com/aftercare/aftercare/server/internal/deviceca"
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/mqttbridge"
 	"github.com/aftercare/aftercare/server/internal/release"
@@ -46,6 +48,8 @@ type Server struct {
 	store     *store.Store
 	broker    *broker.Broker // nil with an external broker
 	bridge    *mqttbridge.Bridge
+	ca        *deviceca.CA
+	fleet     *fleet.Service
 	repo      *tufrepo.Repo
 	rollout   *tufrepo.Rollout
 	http      *http.Server
@@ -103,8 +107,18 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if s.rollout, err = openRollout(ctx, cfg, s.store, s.repo, getenv, log); err != nil {
 		return nil, err
 	}
-	fl, err := fleet.New(fleet.Options{Store: s.store, Log: log, TopicPrefix: cfg.TopicPrefix, Publisher: s.rollout})
+	if s.ca, err = deviceca.Open(cfg.DataDir, cfg.DeviceCACert, cfg.DeviceCAKey, time.Now()); err != nil {
+		return nil, err
+	}
+	fl, err := fleet.New(fleet.Options{
+		Store: s.store, Log: log, TopicPrefix: cfg.TopicPrefix, Publisher: s.rollout,
+		CA: s.ca, CertValidity: cfg.DeviceCertValidity, CRLPath: filepath.Join(cfg.DataDir, deviceca.CRLFile),
+	})
 	if err != nil {
+		return nil, err
+	}
+	s.fleet = fl
+	if err := fl.WriteCRL(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.connectBroker(ctx, fl); err != nil {
@@ -130,6 +144,13 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if cfg.TLSCertFile != "" {
+		if s.http.TLSConfig, err = httpsConfig(cfg, s.ca); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		ln = tls.NewListener(ln, s.http.TLSConfig)
+	}
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() {
@@ -154,22 +175,22 @@ func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	}
 	deviceBroker := cfg.DeviceBrokerURL
 	if cfg.BrokerURL == "" {
-		secret := make([]byte, 32)
-		rand.Read(secret)
-		opts.Username, opts.Password = "aftercare-server", hex.EncodeToString(secret)
-		b, err := broker.Start(broker.Options{
-			Listen: cfg.EmbeddedBrokerListen, TopicPrefix: cfg.TopicPrefix,
-			ServerUsername: opts.Username, ServerPassword: opts.Password,
-			Devices: fl.DeviceCredentialValid, Log: s.log,
-		})
+		b, clientTLS, err := startEmbeddedBroker(cfg, s.ca, fl, s.log)
 		if err != nil {
 			return err
 		}
 		s.broker = b
-		opts.BrokerURL = b.URL()
+		fl.SetCutoff(b)
+		opts.BrokerURL, opts.TLS = b.URL(), clientTLS
 		if strings.HasSuffix(cfg.EmbeddedBrokerListen, ":0") {
 			deviceBroker = b.URL()
 		}
+	} else {
+		t, err := externalBrokerTLS(cfg)
+		if err != nil {
+			return err
+		}
+		opts.TLS = t
 	}
 	s.brokerURL = opts.BrokerURL
 	fl.SetDeviceBroker(deviceBroker)
@@ -330,6 +351,10 @@ func (s *Server) refreshRepo(ctx context.Context) {
 		}
 		if err := s.rollout.Sync(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("publishing the rollout repository failed", "err", err)
+		}
+		// A fresh CRL long before the last one's nextUpdate (7 days).
+		if err := s.fleet.WriteCRL(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("writing the device CRL failed", "err", err)
 		}
 		select {
 		case <-ctx.Done():

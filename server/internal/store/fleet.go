@@ -37,6 +37,10 @@ type Device struct {
 	LastSeq          uint64         `json:"last_seq"`
 	LastSeen         time.Time      `json:"last_seen"`
 	EnrolledAt       time.Time      `json:"enrolled_at"`
+	// RevokedAt is when an administrator revoked the device; nil while it
+	// is not revoked.
+	RevokedAt     *time.Time `json:"revoked_at,omitempty"`
+	RevokedReason string     `json:"revoked_reason,omitempty"`
 }
 
 // CreateSite adds a site to its organisation and appends recs to the
@@ -137,6 +141,18 @@ func (s *Store) CreateEnrollmentToken(ctx context.Context, siteID, tokenHash str
 // expired token and problem.ErrConflict for one already used; then nothing
 // changes.
 func (s *Store) Enroll(ctx context.Context, tokenHash, credentialHash string, now time.Time, d Device) (Device, error) {
+	return s.enroll(ctx, tokenHash, credentialHash, now, d, nil)
+}
+
+// EnrollCertified is Enroll for a device whose identity is the certificate
+// cert (issued for d.ID): the token, the device and the certificate are
+// recorded in one transaction. A device ID already taken is a conflict;
+// then nothing changes and the token stays unused.
+func (s *Store) EnrollCertified(ctx context.Context, tokenHash string, now time.Time, d Device, cert DeviceCert) (Device, error) {
+	return s.enroll(ctx, tokenHash, "cert:"+d.ID, now, d, &cert)
+}
+
+func (s *Store) enroll(ctx context.Context, tokenHash, credentialHash string, now time.Time, d Device, cert *DeviceCert) (Device, error) {
 	err := s.tx(ctx, func(q *txq) error {
 		var siteID, expires string
 		var used sql.NullString
@@ -169,22 +185,32 @@ func (s *Store) Enroll(ctx context.Context, tokenHash, credentialHash string, no
 		_, err = q.exec(ctx, `INSERT INTO devices (id, site_id, serial, model, hardware_revision, installed_version, token_hash,
 			state, state_reason, last_seq, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', 0, ?)`,
 			d.ID, d.SiteID, d.Serial, d.Model, d.HardwareRevision, d.InstalledVersion, credentialHash, d.State, formatTime(now))
-		return err
+		if isUniqueViolation(err) {
+			return fmt.Errorf("device ID %q is already enrolled: %w", d.ID, problem.ErrConflict)
+		}
+		if err != nil || cert == nil {
+			return err
+		}
+		return insertCert(ctx, q, *cert)
 	})
 	return d, err
 }
 
 const deviceColumns = `d.id, d.site_id, d.serial, d.model, d.hardware_revision, d.installed_version,
-	d.state, d.state_reason, d.state_release_id, d.last_seq, d.last_seen, d.enrolled_at`
+	d.state, d.state_reason, d.state_release_id, d.last_seq, d.last_seen, d.enrolled_at, d.revoked_at, d.revoked_reason`
 
 func scanDevice(sc interface{ Scan(...any) error }, extra ...any) (Device, error) {
 	var d Device
-	var releaseID, lastSeen sql.NullString
+	var releaseID, lastSeen, revoked sql.NullString
 	var enrolled string
 	dest := append([]any{&d.ID, &d.SiteID, &d.Serial, &d.Model, &d.HardwareRevision, &d.InstalledVersion,
-		&d.State, &d.StateReason, &releaseID, &d.LastSeq, &lastSeen, &enrolled}, extra...)
+		&d.State, &d.StateReason, &releaseID, &d.LastSeq, &lastSeen, &enrolled, &revoked, &d.RevokedReason}, extra...)
 	if err := sc.Scan(dest...); err != nil {
 		return d, err
+	}
+	if revoked.Valid {
+		t := parseTime(revoked.String)
+		d.RevokedAt = &t
 	}
 	d.StateReleaseID = releaseID.String
 	d.LastSeen = parseNullTime(lastSeen)
