@@ -23,7 +23,7 @@ func deviceDir(t *testing.T, enrolled bool) (config, stateDir string) {
 		os.WriteFile(filepath.Join(dir, f), []byte("{}"), 0o600)
 	}
 	if enrolled {
-		id := `{"format":1,"device_id":"d-1","credential":"x","site_id":"s","broker_url":"tcp://127.0.0.1:1","topic_prefix":"aftercare/v1"}`
+		id := `{"format":2,"device_id":"d-1","site_id":"s","broker_url":"tcp://127.0.0.1:1","topic_prefix":"aftercare/v1"}`
 		os.WriteFile(filepath.Join(stateDir, "identity.json"), []byte(id), 0o600)
 	}
 	config = filepath.Join(dir, "agent.yaml")
