@@ -164,7 +164,7 @@ func startServer(t *testing.T, o serverOptions) *server {
 	} else {
 		b := freeAddr(t)
 		s.env = append(s.env, "AFTERCARE_EMBEDDED_BROKER_LISTEN="+b)
-		s.deviceBroker = "tcp://" + b
+		s.deviceBroker = "ssl://" + b // the embedded broker takes devices over mutual TLS only
 	}
 	s.launch(t)
 	return s

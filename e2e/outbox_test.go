@@ -39,8 +39,10 @@ func TestOfflineBufferAcrossInstall(t *testing.T) {
 	s := startServer(t, serverOptions{})
 	f := enroll(t, s, map[string]int{"St. Mary Radiology": 1})
 	serial := f.devices[0].Serial
-	proxy := newTCPProxy(t, strings.TrimPrefix(s.deviceBroker, "tcp://"))
-	brokerViaProxy := "tcp://" + proxy.addr
+	// The proxy forwards bytes, so the device's mutual TLS runs through it.
+	scheme, brokerAddr, _ := strings.Cut(s.deviceBroker, "://")
+	proxy := newTCPProxy(t, brokerAddr)
+	brokerViaProxy := scheme + "://" + proxy.addr
 	sim := runSim(t, s, f, brokerViaProxy, time.Second)
 	waitReported(t, s, f)
 

@@ -44,9 +44,12 @@ var Roles = []Role{RoleAdmin, RoleReleaseEngineer, RolePSIRT, RoleAuditor, RoleH
 type Permission string
 
 // The permissions. Public is for routes that need no token (device
-// enrollment, health, the signed TUF repositories).
+// enrollment, health, the signed TUF repositories). DeviceCert is for the
+// routes of devices, which authenticate with their client certificate and
+// never with a person's token.
 const (
-	Public Permission = "public"
+	Public     Permission = "public"
+	DeviceCert Permission = "device-certificate"
 
 	OrgsRead       Permission = "orgs:read"
 	OrgsWrite      Permission = "orgs:write" // create organisations, move sites
@@ -69,7 +72,7 @@ const (
 	AuditRead      Permission = "audit:read"
 )
 
-// Permissions lists every permission but Public.
+// Permissions lists every permission a role can hold (not Public or DeviceCert).
 var Permissions = []Permission{OrgsRead, OrgsWrite, SitesRead, SitesWrite, EnrollWrite, DevicesRead, DevicesRevoke,
 	ReleasesRead, ReleasesWrite, RepoRead, RepoWrite, RolloutsRead, RolloutsWrite, VulnRead, VulnWrite, DispositionSet,
 	UsersRead, UsersWrite, AuditRead}

@@ -44,6 +44,9 @@ func TestEveryRouteDeclaresAPermission(t *testing.T) {
 		if perm == access.Public && strings.HasPrefix(r.Path, "/api/v1/") && r.Path != "/api/v1/enroll" {
 			t.Errorf("route %s %s is public; only enrollment is", r.Method, r.Path)
 		}
+		if perm == access.DeviceCert && r.Path != "/api/v1/device" && !strings.HasPrefix(r.Path, "/api/v1/device/") {
+			t.Errorf("route %s %s takes a device certificate; only /api/v1/device/... may", r.Method, r.Path)
+		}
 	}
 }
 
@@ -85,7 +88,9 @@ func (st *stack) enrollAt(t *testing.T, siteID, serial, version string) string {
 	var dev struct {
 		DeviceID string `json:"device_id"`
 	}
-	req := map[string]string{"token": toks.Tokens[0], "model": "pump-x1", "installed_version": version, "serial": serial}
+	deviceID := "dev-" + strings.ToLower(serial)
+	_, csr := newCSR(t, deviceID)
+	req := map[string]string{"token": toks.Tokens[0], "device_id": deviceID, "csr": csr, "model": "pump-x1", "installed_version": version, "serial": serial}
 	if code := st.postJSON(t, "/api/v1/enroll", "", req, &dev); code != 201 {
 		t.Fatalf("enroll = %d", code)
 	}
@@ -100,7 +105,7 @@ func (st *stack) publishVersion(t *testing.T, version string, sbom []byte) strin
 	if code := st.call(t, http.MethodGet, "/api/v1/repository/targets", adminToken, "", nil, nil); code == 200 {
 		req, _ := http.NewRequest("GET", st.srv.URL+"/api/v1/repository/targets", nil)
 		req.Header.Set("Authorization", "Bearer "+adminToken)
-		res, err := http.DefaultClient.Do(req)
+		res, err := st.srv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -259,7 +264,7 @@ func TestSiteIsolationMatrix(t *testing.T) {
 				if ct != "" {
 					req.Header.Set("Content-Type", ct)
 				}
-				res, err := http.DefaultClient.Do(req)
+				res, err := st.srv.Client().Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -276,6 +281,11 @@ func TestSiteIsolationMatrix(t *testing.T) {
 				case perm == access.Public:
 					if res.StatusCode/100 == 2 {
 						t.Fatalf("%s %s = %d, want a refusal", r.Method, path, res.StatusCode)
+					}
+				case perm == access.DeviceCert:
+					// A person's token is no device certificate.
+					if res.StatusCode != http.StatusUnauthorized {
+						t.Fatalf("%s %s = %d, want 401 (a device certificate is required)", r.Method, path, res.StatusCode)
 					}
 				case !access.RoleHospitalIT.Allows(perm):
 					if res.StatusCode != http.StatusForbidden {
@@ -459,7 +469,7 @@ func TestTokenLifecycleAndReason(t *testing.T) {
 	req, _ := http.NewRequest("POST", st.srv.URL+"/api/v1/tokens/"+tokenID+"/revoke", nil)
 	req.Header.Set("Authorization", "Bearer "+adminToken)
 	req.Header.Set(api.HeaderReason, "laptop stolen")
-	res, err := http.DefaultClient.Do(req)
+	res, err := st.srv.Client().Do(req)
 	if err != nil || res.StatusCode != 200 {
 		t.Fatalf("revoke = %v %v", res, err)
 	}

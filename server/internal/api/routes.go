@@ -45,9 +45,8 @@ func (h *handlers) routes() []route {
 		{"GET", "/console/*", access.Public, "", consoleFiles()},
 		// Enrollment authenticates with the one-time token in its body.
 		{"POST", "/api/v1/enroll", access.Public, "", h.enroll},
-		// Devices authenticate with their client certificate (deviceAuth), never a token.
-		{"GET", "/api/v1/device", access.Public, "", h.deviceAuth(h.whoami)},
-		{"POST", "/api/v1/device/certificate", access.Public, "", h.deviceAuth(h.renewCertificate)},
+		{"GET", "/api/v1/device", access.DeviceCert, "", h.whoami},
+		{"POST", "/api/v1/device/certificate", access.DeviceCert, "", h.renewCertificate},
 
 		{"GET", "/api/v1/orgs", access.OrgsRead, "", h.listOrgs},
 		{"POST", "/api/v1/orgs", access.OrgsWrite, "", h.createOrg}, // audited in the same transaction
@@ -158,8 +157,11 @@ func (h *handlers) authorize(table map[string]route) echo.MiddlewareFunc {
 				// permission serves nothing.
 				return fmt.Errorf("route %s %s declares no permission: %w", req.Method, c.Path(), problem.ErrForbidden)
 			}
-			if r.perm == access.Public {
+			switch r.perm {
+			case access.Public:
 				return next(c)
+			case access.DeviceCert:
+				return h.deviceAuth(next)(c)
 			}
 			p, err := h.authenticate(c)
 			if err != nil {
