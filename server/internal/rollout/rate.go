@@ -45,6 +45,9 @@ type Rate struct {
 
 const maxRatePerMinute = 1_000_000
 
+// maxEarnSpan is the longest gap between two Take calls that earns credit.
+const maxEarnSpan = time.Minute
+
 func (r Rate) exponential() bool { return r.BasePerMinute > 0 }
 
 func (r Rate) validate() error {
@@ -107,9 +110,9 @@ func (l *Limiter) Take(r Rate, now time.Time, want int) int {
 		l.Last, l.Credit = now, 1 // the first device goes at once
 	}
 	dt := now.Sub(l.Last)
-	if dt < 0 {
-		dt = 0
-	}
+	// A gap in the calls (a restart, a stalled database) earns at most
+	// maxEarnSpan of credit, so it never turns into a burst.
+	dt = min(max(dt, 0), maxEarnSpan)
 	l.Last = now
 	earned := l.PerMinute(r) * dt.Minutes()
 	l.Credit += earned
