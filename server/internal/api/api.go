@@ -30,6 +30,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
+	"github.com/aftercare/aftercare/server/internal/rollout"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
 	"github.com/aftercare/aftercare/server/internal/vuln"
 )
@@ -46,6 +47,10 @@ type Options struct {
 	MaxBundleBytes int64            // largest accepted release bundle
 	Log            *slog.Logger     // required
 	Vuln           *vuln.Service    // required
+	Rollouts       *rollout.Engine  // required
+	// Actor names the person or token behind a request for the audit
+	// log; nil names every request "admin".
+	Actor func(c echo.Context) string
 	// FeedSync runs one feed sync for POST /api/v1/vuln/feeds/sync.
 	FeedSync     func(ctx context.Context) (vuln.SyncResult, error)
 	MaxFeedBytes int64 // largest accepted feed file
@@ -57,8 +62,8 @@ const maxJSONBytes = 64 << 10 // 64 KiB
 // New returns the server's HTTP handler.
 func New(opts Options) (http.Handler, error) {
 	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.Rollout == nil || opts.RepoDir == "" || opts.RolloutDir == "" ||
-		opts.AdminToken == "" || opts.Log == nil || opts.Vuln == nil {
-		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, AdminToken, Log and Vuln are required")
+		opts.AdminToken == "" || opts.Log == nil || opts.Vuln == nil || opts.Rollouts == nil {
+		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, AdminToken, Log, Vuln and Rollouts are required")
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -91,7 +96,7 @@ func New(opts Options) (http.Handler, error) {
 	admin.POST("/repository/targets", h.publishTargets)
 	admin.GET("/repository/:repo/root", h.currentRoot)
 	admin.POST("/repository/:repo/root", h.updateRoot)
-	admin.POST("/rollouts", h.createRollout)
+	h.rolloutRoutes(admin)
 	h.vulnRoutes(admin)
 	return e, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/api"
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/release"
+	rolloutengine "github.com/aftercare/aftercare/server/internal/rollout"
 	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/store/storetest"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
@@ -107,8 +108,12 @@ func newStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	engine, err := rolloutengine.New(rolloutengine.Options{Store: st.store, Log: log, Publisher: rollout})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
-		AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20})
+		AdminToken: adminToken, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20, Rollouts: engine})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/aftercare/aftercare/protocol"
-	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
 	"github.com/aftercare/aftercare/server/internal/store"
@@ -341,18 +340,6 @@ func wrapBodyError(err error) error {
 		return problem.Invalid(fmt.Sprintf("request body: %v", err))
 	}
 	return err
-}
-
-func (h *handlers) createRollout(c echo.Context) error {
-	var req fleet.RolloutRequest
-	if err := bindJSON(c, &req); err != nil {
-		return err
-	}
-	r, err := h.opts.Fleet.CreateRollout(c.Request().Context(), req)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, r)
 }
 
 // nonNil makes an empty list encode as [] rather than null.

@@ -197,23 +197,57 @@ func (e *Engine) setSitePolicy(ctx context.Context, p SitePolicy, actor string) 
 // Windows returns, for each given site with maintenance windows, the
 // concrete windows of the coming weeks for its devices' rollout entries.
 func (e *Engine) Windows(ctx context.Context, siteIDs []string) (map[string][]protocol.Window, error) {
-	all, err := e.sitePolicies(ctx)
+	return SiteWindows(ctx, e.opts.Store, e.opts.Now(), siteIDs)
+}
+
+// SiteWindows is Windows for a caller without an Engine (the rollout
+// repository's assignment source): the windows of the weeks from the
+// Monday (UTC) of now's week.
+func SiteWindows(ctx context.Context, st *store.Store, now time.Time, siteIDs []string) (map[string][]protocol.Window, error) {
+	rows, err := st.SitePolicies(ctx)
 	if err != nil {
 		return nil, err
 	}
-	now := e.opts.Now().UTC()
+	now = now.UTC()
 	monday := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC).AddDate(0, 0, -((int(now.Weekday()) + 6) % 7))
 	out := map[string][]protocol.Window{}
 	for _, id := range siteIDs {
-		p, ok := all[id]
-		if !ok || len(p.Windows) == 0 {
+		p, ok := rows[id]
+		if !ok || p.Windows == "" || p.Windows == "[]" {
 			continue
+		}
+		if _, done := out[id]; done {
+			continue
+		}
+		var weekly []WeeklyWindow
+		if err := json.Unmarshal([]byte(p.Windows), &weekly); err != nil {
+			return nil, fmt.Errorf("site %s: stored windows: %w", id, err)
 		}
 		loc, err := time.LoadLocation(p.TimeZone)
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("site %s: time zone %q", id, p.TimeZone), err)
 		}
-		out[id] = Expand(p.Windows, loc, monday, windowWeeks)
+		out[id] = Expand(weekly, loc, monday, windowWeeks)
 	}
 	return out, nil
+}
+
+// SetDeviceLabels sets labels of a device (an empty value removes one);
+// the label "role" names its role for the disruption budget.
+func (e *Engine) SetDeviceLabels(ctx context.Context, deviceID string, labels map[string]string, actor string) error {
+	if err := e.opts.Store.SetDeviceLabels(ctx, deviceID, labels); err != nil {
+		return err
+	}
+	e.opts.Log.Info("device labels set", "device_id", deviceID, "labels", len(labels), "actor", actor)
+	return nil
+}
+
+// SiteCompliance returns the patch state of one site and its devices.
+func (e *Engine) SiteCompliance(ctx context.Context, siteID string) (store.SiteCompliance, error) {
+	return e.opts.Store.SiteDevicesCompliance(ctx, siteID)
+}
+
+// Compliance returns the compliance summary of every site.
+func (e *Engine) Compliance(ctx context.Context) ([]store.SiteCompliance, error) {
+	return e.opts.Store.ComplianceSummary(ctx)
 }
