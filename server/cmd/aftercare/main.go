@@ -71,7 +71,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	root.PersistentFlags().StringVar(&e.server, "server", server, "fleet server URL (env AFTERCARE_SERVER)")
 	root.PersistentFlags().StringVar(&e.tokenFile, "token-file", "", "file holding the admin token (default: env AFTERCARE_TOKEN)")
 	root.PersistentFlags().BoolVar(&e.json, "json", false, "print JSON instead of tables")
-	root.AddCommand(keysCmd(e), releaseCmd(e), siteCmd(e), rolloutCmd(e), patchStateCmd(e), devicesCmd(e), demoCmd(e), vulnCmd(e), sbomCmd(e))
+	root.AddCommand(keysCmd(e), releaseCmd(e), sitePolicyCmds(e, siteCmd(e)), rolloutCmd(e), patchStateCmd(e), deviceLabelCmd(e, devicesCmd(e)),
+		demoCmd(e), vulnCmd(e), sbomCmd(e), complianceCmd(e))
+	root.AddCommand(approvalCmds(e)...)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
