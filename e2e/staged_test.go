@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,7 @@ func TestStagedRolloutHaltsResumesAndWaitsForApproval(t *testing.T) {
 		}
 		return len(out.Devices) == 6
 	})
-	failingID := deviceIDBySerial(t, s, failing)
+	failingID := deviceIDBySerial(t, s, failing, f.sites["North ICU"].ID, f.sites["South Radiology"].ID)
 	rel := publish(t, s, "1.1.0")
 
 	var ro stagedView
@@ -95,17 +96,20 @@ func TestStagedRolloutHaltsResumesAndWaitsForApproval(t *testing.T) {
 	}
 }
 
-func deviceIDBySerial(t *testing.T, s *server, serial string) string {
+// deviceIDBySerial finds a device of the given sites by serial (two
+// fleets may reuse serials).
+func deviceIDBySerial(t *testing.T, s *server, serial string, siteIDs ...string) string {
 	t.Helper()
 	var out struct {
 		Devices []struct {
 			ID     string `json:"id"`
 			Serial string `json:"serial"`
+			SiteID string `json:"site_id"`
 		}
 	}
 	cliJSON(t, s, &out, "devices")
 	for _, d := range out.Devices {
-		if d.Serial == serial {
+		if d.Serial == serial && slices.Contains(siteIDs, d.SiteID) {
 			return d.ID
 		}
 	}

@@ -269,7 +269,7 @@ func (e *Engine) createLocked(ctx context.Context, req Request) (store.Rollout, 
 }
 
 // refuseOverlap fails naming the devices that already belong to another
-// active rollout.
+// active rollout. e.mu must be held.
 func (e *Engine) refuseOverlap(ctx context.Context, devices []store.RolloutDevice) error {
 	ids := make([]string, len(devices))
 	for i, d := range devices {
@@ -277,6 +277,20 @@ func (e *Engine) refuseOverlap(ctx context.Context, devices []store.RolloutDevic
 	}
 	busy, err := e.opts.Store.ActiveRollouts(ctx, ids, activeStatuses, finishedStates)
 	if err != nil || len(busy) == 0 {
+		return err
+	}
+	// The devices may have finished since the scheduler's last step: step
+	// those rollouts now and look again.
+	stepped := map[string]bool{}
+	for _, r := range busy {
+		if !stepped[r] {
+			stepped[r] = true
+			if err := e.stepLocked(ctx, r); err != nil {
+				return err
+			}
+		}
+	}
+	if busy, err = e.opts.Store.ActiveRollouts(ctx, ids, activeStatuses, finishedStates); err != nil || len(busy) == 0 {
 		return err
 	}
 	var names []string

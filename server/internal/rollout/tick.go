@@ -244,6 +244,10 @@ func (e *Engine) observe(ctx context.Context, st *state, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	failed, err := e.opts.Store.FailedReports(ctx, assigned, st.rel.TargetPath, st.r.CreatedAt)
+	if err != nil {
+		return err
+	}
 	for i, d := range st.devices {
 		dev, ok := rows[d.DeviceID]
 		if !ok || d.State != string(DeviceAssigned) {
@@ -254,6 +258,8 @@ func (e *Engine) observe(ctx context.Context, st *state, now time.Time) error {
 			st.set(i, DeviceSucceeded, "", now)
 		case dev.StateReleaseID == st.rel.ID && (dev.State == protocol.StateFailed || dev.State == protocol.StateRolledBack):
 			st.set(i, DeviceFailed, fmt.Sprintf("%s: %s", dev.State, dev.StateReason), now)
+		case failed[d.DeviceID] != "":
+			st.set(i, DeviceFailed, failed[d.DeviceID], now)
 		}
 	}
 	st.limiter.SucceededTotal(st.plan.Rate, st.count(DeviceSucceeded))

@@ -445,3 +445,36 @@ func (s *Store) DevicesByID(ctx context.Context, ids []string) (map[string]Devic
 	}
 	return out, nil
 }
+
+// FailedReports returns, for each of the given devices that reported
+// failed or rolled-back for the target since the given time, the first
+// such report's state and reason. Reading the history, not the current
+// state, catches a failure that a later report (idle) already replaced.
+func (s *Store) FailedReports(ctx context.Context, deviceIDs []string, target string, since time.Time) (map[string]string, error) {
+	out := map[string]string{}
+	for start := 0; start < len(deviceIDs); start += assignmentsChunk {
+		chunk := deviceIDs[start:min(start+assignmentsChunk, len(deviceIDs))]
+		args := append(appendAll(nil, chunk), target, formatTime(since))
+		rows, err := s.direct().query(ctx, `SELECT device_id, state, reason FROM device_reports WHERE device_id IN (`+placeholders(len(chunk))+`)
+			AND target = ? AND state IN ('failed', 'rolled-back') AND received_at >= ? ORDER BY device_id, seq`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("read failed reports: %w", err)
+		}
+		for rows.Next() {
+			var id, state, reason string
+			if err := rows.Scan(&id, &state, &reason); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if _, ok := out[id]; !ok {
+				out[id] = state + ": " + reason
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
