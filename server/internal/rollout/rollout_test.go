@@ -540,3 +540,48 @@ func TestApprovalSite(t *testing.T) {
 		}
 	})
 }
+
+// A failure that a later report replaced (the agent reports idle after a
+// roll-back) still counts: the engine reads the report history.
+func TestFailureHiddenByALaterReportCounts(t *testing.T) {
+	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
+		f := newFixture(t, s, nil)
+		a := f.site("a")
+		f.device(a, "d1", "1.0.0")
+		f.device(a, "d2", "1.0.0")
+		rel := f.release("2.0.0")
+		v, err := f.e.Create(context.Background(), rollout.Request{ReleaseID: rel.ID, Actor: "eng", Plan: rollout.Plan{MaxFailurePercent: 10}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.report("d1", protocol.StateRolledBack, "1.0.0", rel, "health check failed")
+		f.report("d1", protocol.StateIdle, "1.0.0", store.Release{}, "")
+		f.tick()
+		got := f.view(v.ID)
+		if got.Status != rollout.StatusHalted || !strings.Contains(got.StatusReason, "health check failed") {
+			t.Fatalf("status %s (%q); want halted naming the hidden roll-back", got.Status, got.StatusReason)
+		}
+	})
+}
+
+// The engine paces assignments at the rollout's rate on its clock.
+func TestEngineAssignsAtTheRate(t *testing.T) {
+	f := newFixture(t, storetest.SQLite(t), nil)
+	a := f.site("a")
+	for i := range 60 {
+		f.device(a, fmt.Sprint("d", i), "1.0.0")
+	}
+	rel := f.release("2.0.0")
+	v, err := f.e.Create(context.Background(), rollout.Request{ReleaseID: rel.ID, Actor: "eng", Plan: rollout.Plan{Rate: rollout.Rate{MaxPerMinute: 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 12 { // one minute in 5 s steps
+		f.clk.Advance(5 * time.Second)
+		f.tick()
+	}
+	// 1 at once, then 20 per minute.
+	if n := len(f.assigned(v.ID)); n < 19 || n > 23 {
+		t.Fatalf("after one minute at 20/min, %d devices assigned; want about 21", n)
+	}
+}

@@ -235,7 +235,9 @@ func SiteWindows(ctx context.Context, st *store.Store, now time.Time, siteIDs []
 // SetDeviceLabels sets labels of a device (an empty value removes one);
 // the label "role" names its role for the disruption budget.
 func (e *Engine) SetDeviceLabels(ctx context.Context, deviceID string, labels map[string]string, actor string) error {
-	if err := e.opts.Store.SetDeviceLabels(ctx, deviceID, labels); err != nil {
+	err := e.opts.Store.SetDeviceLabels(ctx, deviceID, labels)
+	b, _ := json.Marshal(labels)
+	if err := e.audit(ctx, Decision{Action: "device.labels", Actor: actor, Detail: "device " + deviceID + ": " + string(b)}, err); err != nil {
 		return err
 	}
 	e.opts.Log.Info("device labels set", "device_id", deviceID, "labels", len(labels), "actor", actor)
