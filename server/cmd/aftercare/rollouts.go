@@ -588,9 +588,23 @@ func complianceCmd(e *env) *cobra.Command {
 				return err
 			}
 			var out struct {
-				Sites []complianceSite `json:"sites"`
+				Sites         []complianceSite `json:"sites"`
+				Organisations []struct {
+					Organisation string `json:"organisation"`
+					Sites        int    `json:"sites"`
+					Counts       struct {
+						Total, Current, Pending, Failed, Declined, Deferred int
+					} `json:"counts"`
+				} `json:"organisations"`
 			}
-			return e.show(raw, &out, func(w io.Writer) { printCompliance(w, out.Sites) })
+			return e.show(raw, &out, func(w io.Writer) {
+				printCompliance(w, out.Sites)
+				for _, o := range out.Organisations {
+					c := o.Counts
+					fmt.Fprintf(w, "organisation %s: %d site(s), %d device(s): %d current, %d pending, %d failed, %d declined, %d deferred\n",
+						o.Organisation, o.Sites, c.Total, c.Current, c.Pending, c.Failed, c.Declined, c.Deferred)
+				}
+			})
 		},
 	}
 	cmd.Flags().StringVar(&siteID, "site", "", "site ID: list its devices")

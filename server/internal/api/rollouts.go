@@ -10,6 +10,7 @@ import (
 
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/rollout"
+	"github.com/aftercare/aftercare/server/internal/store"
 )
 
 // rolloutRoutes registers the staged rollout, site policy, approval and
@@ -226,5 +227,5 @@ func (h *handlers) complianceSummary(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]any{"sites": nonNil(sites)})
+	return c.JSON(http.StatusOK, map[string]any{"sites": nonNil(sites), "organisations": nonNil(store.ByOrganisation(sites))})
 }

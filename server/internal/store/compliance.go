@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/aftercare/aftercare/protocol"
@@ -212,4 +213,41 @@ func manifestNotes(manifest string) string {
 	}
 	json.Unmarshal([]byte(manifest), &m)
 	return m.Notes
+}
+
+// OrganisationCompliance is the compliance of one organisation: the sum of
+// its sites.
+type OrganisationCompliance struct {
+	Organisation string           `json:"organisation"`
+	Sites        int              `json:"sites"`
+	Counts       ComplianceCounts `json:"counts"`
+	Declined     int              `json:"declined_patches"`
+}
+
+// ByOrganisation sums site compliance per organisation, by name.
+func ByOrganisation(sites []SiteCompliance) []OrganisationCompliance {
+	index := map[string]int{}
+	var out []OrganisationCompliance
+	for _, s := range sites {
+		i, ok := index[s.Site.Organisation]
+		if !ok {
+			i = len(out)
+			index[s.Site.Organisation] = i
+			out = append(out, OrganisationCompliance{Organisation: s.Site.Organisation})
+		}
+		o := &out[i]
+		o.Sites++
+		o.Declined += len(s.Declined)
+		c, add := &o.Counts, s.Counts
+		c.Total += add.Total
+		c.Current += add.Current
+		c.Pending += add.Pending
+		c.AwaitingApproval += add.AwaitingApproval
+		c.Installing += add.Installing
+		c.Failed += add.Failed
+		c.Declined += add.Declined
+		c.Deferred += add.Deferred
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Organisation < out[j].Organisation })
+	return out
 }
