@@ -135,6 +135,17 @@ type Options struct {
 	Now func() time.Time
 	// TickInterval is how often Run steps; default 10s.
 	TickInterval time.Duration
+	// Leader, when set, is asked before each scheduled step; only the
+	// replica that holds it steps (e.g. a lease in the shared database),
+	// so scheduled work runs once across replicas. Nil: this process
+	// always steps.
+	Leader Leader
+}
+
+// A Leader says whether this replica may run scheduled work now.
+type Leader interface {
+	// Hold takes or renews the claim; false while another replica holds it.
+	Hold(ctx context.Context) (bool, error)
 }
 
 // DefaultMaxDeferral is the longest a site may defer a patch, by severity.
@@ -216,8 +227,10 @@ func (e *Engine) Run(ctx context.Context) {
 	t := time.NewTicker(e.opts.TickInterval)
 	defer t.Stop()
 	for {
-		if err := e.Tick(ctx); err != nil && ctx.Err() == nil {
-			e.opts.Log.Error("rollout step failed", "err", err)
+		if e.leading(ctx) {
+			if err := e.Tick(ctx); err != nil && ctx.Err() == nil {
+				e.opts.Log.Error("rollout step failed", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -225,4 +238,15 @@ func (e *Engine) Run(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+func (e *Engine) leading(ctx context.Context) bool {
+	if e.opts.Leader == nil {
+		return true
+	}
+	ok, err := e.opts.Leader.Hold(ctx)
+	if err != nil && ctx.Err() == nil {
+		e.opts.Log.Warn("scheduler lease not held; skipping this step", "err", err)
+	}
+	return ok && err == nil
 }
