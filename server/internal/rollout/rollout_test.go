@@ -585,3 +585,70 @@ func TestEngineAssignsAtTheRate(t *testing.T) {
 		t.Fatalf("after one minute at 20/min, %d devices assigned; want about 21", n)
 	}
 }
+
+// The per-site device list and the summary classify alike, on both
+// databases, for every status.
+func TestComplianceEveryStatus(t *testing.T) {
+	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
+		f := newFixture(t, s, nil)
+		ctx := context.Background()
+		auto := f.site("auto")
+		for i := range 5 {
+			f.device(auto, fmt.Sprint("a", i), "1.0.0")
+		}
+		f.device(auto, "done", "2.0.0")
+		var held []string
+		for _, name := range []string{"h-held", "h-deferred", "h-declined"} {
+			id := f.site(name)
+			held = append(held, id)
+			f.device(id, name+"-1", "1.0.0")
+			if err := f.e.SetSitePolicy(ctx, rollout.SitePolicy{SiteID: id, Approval: rollout.ApprovalRequired}, "it", "board"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rel := f.release("2.0.0")
+		v, err := f.e.Create(ctx, rollout.Request{ReleaseID: rel.ID, Actor: "eng", Plan: rollout.Plan{SiteBudget: rollout.Budget{Max: 3}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assigned := f.assigned(v.ID) // 3 of the auto site; 2 wait for the budget
+		f.report(assigned[0], protocol.StateCommitted, "2.0.0", rel, "")
+		f.report(assigned[1], protocol.StateFailed, "1.0.0", rel, "disk full")
+		f.report(assigned[2], protocol.StateDownloading, "1.0.0", rel, "")
+		if err := f.e.Defer(ctx, held[1], v.ID, t0.Add(24*time.Hour), "it", "surgery"); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.e.Decline(ctx, held[2], v.ID, "it", "validation pending"); err != nil {
+			t.Fatal(err)
+		}
+		summary, err := f.e.Compliance(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]store.ComplianceCounts{
+			auto:    {Total: 6, Current: 2, Pending: 2, Installing: 1, Failed: 1},
+			held[0]: {Total: 1, Pending: 1, AwaitingApproval: 1},
+			held[1]: {Total: 1, Deferred: 1},
+			held[2]: {Total: 1, Declined: 1},
+		}
+		for _, sc := range summary {
+			if sc.Counts != want[sc.Site.ID] {
+				t.Errorf("summary of %s = %+v, want %+v", sc.Site.Name, sc.Counts, want[sc.Site.ID])
+			}
+			one, err := f.e.SiteCompliance(ctx, sc.Site.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if one.Counts != sc.Counts {
+				t.Errorf("site %s: device list counts %+v, summary %+v", sc.Site.Name, one.Counts, sc.Counts)
+			}
+			if sc.Site.ID == held[2] && (len(sc.Declined) != 1 || sc.Declined[0].Version != "2.0.0" || sc.Declined[0].Notes == "") {
+				t.Errorf("declines of %s = %+v, want 2.0.0 with its notes", sc.Site.Name, sc.Declined)
+			}
+		}
+		orgs := store.ByOrganisation(summary)
+		if len(orgs) != 4 || orgs[0].Counts.Total != 6 {
+			t.Errorf("ByOrganisation = %+v", orgs)
+		}
+	})
+}

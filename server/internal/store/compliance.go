@@ -87,19 +87,22 @@ type SiteCompliance struct {
 	Devices  []DeviceCompliance `json:"devices,omitempty"`
 }
 
-// complianceQuery joins each device with its assignment and the newest
-// rollout it belongs to. The rollout_devices_device index serves the
-// correlated subquery.
-const complianceQuery = `SELECT d.id, d.site_id, d.installed_version, d.state, d.state_reason, d.state_release_id, d.last_seen,
+// complianceQuery joins each device of a site with its assignment and the
+// newest rollout it belongs to (a window function over the site's rollout
+// rows, served by the rollout_devices_site index).
+const complianceQuery = `WITH latest AS (SELECT device_id, state, reason, rollout_id,
+		ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY joined_at DESC, rollout_id DESC) AS n
+		FROM rollout_devices WHERE site_id = ?)
+	SELECT d.id, d.site_id, d.installed_version, d.state, d.state_reason, d.state_release_id, d.last_seen,
 	a.release_id, r.version, rd.state, rd.reason, rd.rollout_id
 	FROM devices d
 	LEFT JOIN assignments a ON a.device_id = d.id
 	LEFT JOIN releases r ON r.id = a.release_id
-	LEFT JOIN rollout_devices rd ON rd.device_id = d.id AND rd.rollout_id = (SELECT x.rollout_id FROM rollout_devices x
-		WHERE x.device_id = d.id ORDER BY x.joined_at DESC, x.rollout_id DESC LIMIT 1)`
+	LEFT JOIN latest rd ON rd.device_id = d.id AND rd.n = 1
+	WHERE d.site_id = ? ORDER BY d.id`
 
-func (s *Store) eachCompliance(ctx context.Context, where string, args []any, fn func(DeviceCompliance)) error {
-	rows, err := s.direct().query(ctx, complianceQuery+" "+where, args...)
+func (s *Store) eachCompliance(ctx context.Context, siteID string, fn func(DeviceCompliance)) error {
+	rows, err := s.direct().query(ctx, complianceQuery, siteID, siteID)
 	if err != nil {
 		return fmt.Errorf("query compliance: %w", err)
 	}
@@ -143,7 +146,7 @@ func (s *Store) SiteDevicesCompliance(ctx context.Context, siteID string) (SiteC
 		return SiteCompliance{}, err
 	}
 	sc := SiteCompliance{Site: site, Devices: []DeviceCompliance{}}
-	err = s.eachCompliance(ctx, "WHERE d.site_id = ? ORDER BY d.id", []any{siteID}, func(d DeviceCompliance) {
+	err = s.eachCompliance(ctx, siteID, func(d DeviceCompliance) {
 		sc.Counts.add(d)
 		sc.Devices = append(sc.Devices, d)
 	})
@@ -154,6 +157,28 @@ func (s *Store) SiteDevicesCompliance(ctx context.Context, siteID string) (SiteC
 	sc.Declined = declines[siteID]
 	return sc, err
 }
+
+// complianceCounts classifies and counts in the database, the same rules
+// as eachCompliance, so only a few rows per site come back. The newest
+// rollout row of each device comes from a window function (SQLite 3.25+
+// and PostgreSQL).
+const complianceCounts = `WITH latest AS (SELECT device_id, state,
+		ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY joined_at DESC, rollout_id DESC) AS n FROM rollout_devices)
+	SELECT d.site_id, CASE
+		WHEN rd.state = 'declined' THEN 'declined'
+		WHEN rd.state = 'deferred' THEN 'deferred'
+		WHEN rd.state = 'held' THEN 'held'
+		WHEN a.release_id IS NOT NULL AND r.version <> d.installed_version AND d.state_release_id = a.release_id
+			AND d.state IN ('failed', 'rolled-back') THEN 'failed'
+		WHEN a.release_id IS NOT NULL AND r.version <> d.installed_version AND d.state_release_id = a.release_id
+			AND d.state IN ('downloading', 'verified', 'installed', 'booted') THEN 'installing'
+		WHEN (a.release_id IS NOT NULL AND r.version <> d.installed_version) OR rd.state IN ('queued', 'selected') THEN 'pending'
+		ELSE 'current' END AS status, COUNT(*)
+	FROM devices d
+	LEFT JOIN assignments a ON a.device_id = d.id
+	LEFT JOIN releases r ON r.id = a.release_id
+	LEFT JOIN latest rd ON rd.device_id = d.id AND rd.n = 1
+	GROUP BY 1, 2`
 
 // ComplianceSummary returns the counts of every site, with the patches
 // each declined.
@@ -168,10 +193,42 @@ func (s *Store) ComplianceSummary(ctx context.Context) ([]SiteCompliance, error)
 		out[i] = SiteCompliance{Site: site}
 		index[site.ID] = i
 	}
-	err = s.eachCompliance(ctx, "", nil, func(d DeviceCompliance) {
-		out[index[d.SiteID]].Counts.add(d)
-	})
+	rows, err := s.direct().query(ctx, complianceCounts)
 	if err != nil {
+		return nil, fmt.Errorf("count compliance: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var siteID, status string
+		var n int
+		if err := rows.Scan(&siteID, &status, &n); err != nil {
+			return nil, err
+		}
+		i, ok := index[siteID]
+		if !ok {
+			continue
+		}
+		c := &out[i].Counts
+		c.Total += n
+		switch PatchStatus(status) {
+		case StatusCurrent:
+			c.Current += n
+		case StatusPending:
+			c.Pending += n
+		case "held":
+			c.Pending += n
+			c.AwaitingApproval += n
+		case StatusInstalling:
+			c.Installing += n
+		case StatusFailed:
+			c.Failed += n
+		case StatusDeclined:
+			c.Declined += n
+		case StatusDeferred:
+			c.Deferred += n
+		}
+	}
+	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	declines, err := s.declines(ctx, "")
