@@ -23,6 +23,22 @@ func (e *Engine) Tick(ctx context.Context, rolloutIDs ...string) error {
 			return err
 		}
 		for _, p := range plans {
+			if p.Status == string(StatusCompleted) {
+				// A completed rollout needs steps only while it can still
+				// change: dynamic, or devices waiting for their site.
+				var plan Plan
+				if err := json.Unmarshal([]byte(p.Plan), &plan); err != nil {
+					return fmt.Errorf("rollout %s: stored plan: %w", p.RolloutID, err)
+				}
+				waiting, err := e.opts.Store.RolloutHasDevicesIn(ctx, p.RolloutID, string(DeviceHeld), string(DeviceDeferred),
+					string(DeviceSelected), string(DeviceQueued), string(DeviceAssigned))
+				if err != nil {
+					return err
+				}
+				if !plan.Dynamic && !waiting {
+					continue
+				}
+			}
 			rolloutIDs = append(rolloutIDs, p.RolloutID)
 		}
 	}
@@ -46,7 +62,13 @@ type state struct {
 	rel     store.Release
 	limiter Limiter
 	devices []store.RolloutDevice
-	changed map[string]bool // device IDs changed in this step
+	// orig is each device's wave, state and reason as loaded: a step
+	// writes only the devices whose final values differ.
+	orig map[string][3]string
+}
+
+func key(d store.RolloutDevice) [3]string {
+	return [3]string{fmt.Sprint(d.Wave), d.State, d.Reason}
 }
 
 func (e *Engine) load(ctx context.Context, id string) (*state, error) {
@@ -54,7 +76,7 @@ func (e *Engine) load(ctx context.Context, id string) (*state, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &state{r: r, p: p, changed: map[string]bool{}}
+	st := &state{r: r, p: p, orig: map[string][3]string{}}
 	if p.Plan == "" {
 		return st, nil // from before staged rollouts
 	}
@@ -70,6 +92,9 @@ func (e *Engine) load(ctx context.Context, id string) (*state, error) {
 	if st.devices, err = e.opts.Store.RolloutDevices(ctx, id); err != nil {
 		return nil, err
 	}
+	for _, d := range st.devices {
+		st.orig[d.DeviceID] = key(d)
+	}
 	return st, nil
 }
 
@@ -79,7 +104,6 @@ func (st *state) set(i int, s DeviceState, reason string, now time.Time) {
 		return
 	}
 	d.State, d.Reason, d.UpdatedAt = string(s), reason, now
-	st.changed[d.DeviceID] = true
 }
 
 func (st *state) count(states ...DeviceState) int {
@@ -105,22 +129,18 @@ func (e *Engine) save(ctx context.Context, st *state, joined []store.RolloutDevi
 		return err
 	}
 	st.p.RateState, st.p.Plan, st.p.UpdatedAt = string(rate), string(plan), now
-	joinedIDs := map[string]bool{}
-	for _, d := range joined {
-		joinedIDs[d.DeviceID] = true
-	}
+	// Joined devices are inserted with their values after this step; the
+	// others are updated when they differ from what was loaded.
 	var changed []store.RolloutDevice
+	current := map[string]store.RolloutDevice{}
 	for _, d := range st.devices {
-		if st.changed[d.DeviceID] && !joinedIDs[d.DeviceID] {
+		current[d.DeviceID] = d
+		if k, ok := st.orig[d.DeviceID]; ok && k != key(d) {
 			changed = append(changed, d)
 		}
 	}
 	for i, d := range joined {
-		for _, cur := range st.devices {
-			if cur.DeviceID == d.DeviceID {
-				joined[i] = cur
-			}
-		}
+		joined[i] = current[d.DeviceID]
 	}
 	err = e.opts.Store.ApplyTick(ctx, store.TickUpdate{Plan: st.p, Joined: joined, Changed: changed,
 		Assign: assign, Unassign: unassign, ReleaseID: st.r.ReleaseID, At: now}, readAt)
@@ -222,9 +242,6 @@ func (e *Engine) joinLocked(ctx context.Context, st *state, now time.Time) ([]st
 		fresh[i].RolloutID, fresh[i].JoinedAt, fresh[i].UpdatedAt = st.r.ID, now, now
 	}
 	st.devices = append(st.devices, fresh...)
-	for _, d := range fresh {
-		st.changed[d.DeviceID] = true
-	}
 	e.opts.Log.Info("devices joined rollout", "rollout_id", st.r.ID, "devices", len(fresh))
 	return fresh, nil
 }
@@ -342,7 +359,6 @@ func (st *state) promote(now time.Time, log interface {
 		if st.devices[i].Wave < 0 {
 			st.devices[i].Wave = st.p.Wave
 			st.set(i, DeviceSelected, "", now)
-			st.changed[st.devices[i].DeviceID] = true
 			selected++
 		}
 	}

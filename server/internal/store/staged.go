@@ -478,3 +478,18 @@ func (s *Store) FailedReports(ctx context.Context, deviceIDs []string, target st
 	}
 	return out, nil
 }
+
+// RolloutHasDevicesIn reports whether a rollout has a device in one of the
+// given states.
+func (s *Store) RolloutHasDevicesIn(ctx context.Context, rolloutID string, states ...string) (bool, error) {
+	var one int
+	err := s.direct().queryRow(ctx, `SELECT 1 FROM rollout_devices WHERE rollout_id = ? AND state IN (`+placeholders(len(states))+`) LIMIT 1`,
+		append([]any{rolloutID}, appendAll(nil, states)...)...).Scan(&one)
+	if err == sql.ErrNoRows {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up rollout devices: %w", err)
+	}
+	return true, nil
+}
