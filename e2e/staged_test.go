@@ -94,6 +94,33 @@ func TestStagedRolloutHaltsResumesAndWaitsForApproval(t *testing.T) {
 	if !strings.Contains(out, "Lakeside Cardiology") {
 		t.Fatalf("compliance summary lacks a site:\n%s", out)
 	}
+
+	// Maintenance windows: an invalid time zone changes nothing; a window
+	// that is closed now (two days ahead, UTC) holds the next install
+	// on the device, which downloads but reports waiting.
+	if _, err := tryCLI(s.cliEnv(), "site", "window", "set", approvalSite, "--timezone", "Mars/Olympus", "--window", "sat/01:00-05:00"); err == nil || !strings.Contains(err.Error(), "Mars/Olympus") {
+		t.Fatalf("window with an invalid time zone: err = %v, want refused naming it", err)
+	}
+	day := strings.ToLower(time.Now().UTC().Add(48 * time.Hour).Weekday().String()[:3])
+	runCLI(t, s.cliEnv(), "site", "window", "set", approvalSite, "--timezone", "UTC", "--window", day+"/00:00-01:00", "--reason", "night shift only")
+	if out := runCLI(t, s.cliEnv(), "site", "policy", "show", approvalSite); !strings.Contains(out, day+" 00:00-01:00 (UTC)") || !strings.Contains(out, "approval approval") {
+		t.Fatalf("site policy show:\n%s\nwant the approval policy and the window", out)
+	}
+	rel2 := publish(t, s, "1.2.0")
+	var ro2 stagedView
+	cliJSON(t, s, &ro2, "rollout", "create", "--release", rel2, "--site", approvalSite, "--severity", "critical", "--reason", "fixes CVE-2026-0002")
+	if _, err := tryCLI(s.cliEnv(), "defer", approvalSite, ro2.ID, "--until", "720h", "--reason", "too long"); err == nil || !strings.Contains(err.Error(), "maximum deferral") {
+		t.Fatalf("defer past the maximum for a critical patch: err = %v", err)
+	}
+	runCLI(t, s.cliEnv(), "approve", approvalSite, ro2.ID, "--reason", "ok")
+	waitFor(t, rolloutTimeout, "the device waits for its maintenance window", func() bool {
+		for _, d := range sitePatchState(t, s, approvalSite).Devices {
+			if d.State == "waiting" && strings.Contains(d.StateReason, "outside the maintenance window") && d.InstalledVersion == "1.1.0" {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // deviceIDBySerial finds a device of the given sites by serial (two

@@ -652,3 +652,26 @@ func TestComplianceEveryStatus(t *testing.T) {
 		}
 	})
 }
+
+// A device that booted the new version and then failed its health check
+// reports "failed" while it runs the new version: that is no success.
+func TestFailedWhileRunningTheNewVersionIsNoSuccess(t *testing.T) {
+	f := newFixture(t, storetest.SQLite(t), nil)
+	a := f.site("a")
+	f.device(a, "d1", "1.0.0")
+	rel := f.release("2.0.0")
+	v, err := f.e.Create(context.Background(), rollout.Request{ReleaseID: rel.ID, Actor: "eng", Plan: rollout.Plan{MaxFailurePercent: 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.report("d1", protocol.StateBooted, "2.0.0", rel, "")
+	f.tick()
+	if got := f.view(v.ID).Counts; got["assigned"] != 1 {
+		t.Fatalf("after booted: counts %v, want still assigned (not yet committed)", got)
+	}
+	f.report("d1", protocol.StateFailed, "2.0.0", rel, "health check failed")
+	f.tick()
+	if got := f.view(v.ID); got.Status != rollout.StatusHalted || got.Counts["failed"] != 1 {
+		t.Fatalf("after failed on the new version: %s %v, want halted with 1 failed", got.Status, got.Counts)
+	}
+}

@@ -270,13 +270,16 @@ func (e *Engine) observe(ctx context.Context, st *state, now time.Time) error {
 		if !ok || d.State != string(DeviceAssigned) {
 			continue
 		}
+		// A failure counts first: a device reports "failed" while it still
+		// runs the new version (its health check failed after the boot),
+		// then "rolled-back" on the old one.
 		switch {
-		case dev.InstalledVersion == st.rel.Version:
-			st.set(i, DeviceSucceeded, "", now)
 		case dev.StateReleaseID == st.rel.ID && (dev.State == protocol.StateFailed || dev.State == protocol.StateRolledBack):
 			st.set(i, DeviceFailed, fmt.Sprintf("%s: %s", dev.State, dev.StateReason), now)
 		case failed[d.DeviceID] != "":
 			st.set(i, DeviceFailed, failed[d.DeviceID], now)
+		case dev.InstalledVersion == st.rel.Version && (dev.State == protocol.StateCommitted || dev.State == protocol.StateIdle):
+			st.set(i, DeviceSucceeded, "", now)
 		}
 	}
 	st.limiter.SucceededTotal(st.plan.Rate, st.count(DeviceSucceeded))
