@@ -29,7 +29,14 @@ type rolloutView struct {
 	Devices      []string       `json:"devices"`
 	CreatedBy    string         `json:"created_by"`
 	CreatedAt    time.Time      `json:"created_at"`
-	Cohort       []struct {
+	Decisions    []struct {
+		SiteID        string    `json:"site_id"`
+		Decision      string    `json:"decision"`
+		DeferredUntil time.Time `json:"deferred_until"`
+		Reason        string    `json:"reason"`
+		Actor         string    `json:"actor"`
+	} `json:"decisions"`
+	Cohort []struct {
 		DeviceID string `json:"device_id"`
 		SiteID   string `json:"site_id"`
 		Wave     int    `json:"wave"`
@@ -218,6 +225,13 @@ func rolloutCmd(e *env) *cobra.Command {
 			var out rolloutView
 			return e.show(raw, &out, func(w io.Writer) {
 				out.summary(w)
+				for _, d := range out.Decisions {
+					fmt.Fprintf(w, "  site %s %s by %s: %s", d.SiteID, d.Decision, d.Actor, d.Reason)
+					if !d.DeferredUntil.IsZero() {
+						fmt.Fprintf(w, " (until %s)", d.DeferredUntil.Format(time.RFC3339))
+					}
+					fmt.Fprintln(w)
+				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "DEVICE\tSITE\tWAVE\tSTATE\tREASON")
 				for _, d := range out.Cohort {

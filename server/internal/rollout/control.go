@@ -30,6 +30,9 @@ type View struct {
 	// Devices are the devices assigned by the rollout so far.
 	Devices []string              `json:"devices"`
 	Cohort  []store.RolloutDevice `json:"cohort,omitempty"`
+	// Decisions are the sites' approvals, deferrals (with their deadline)
+	// and declines, for the manufacturer to see.
+	Decisions []store.SiteDecision `json:"decisions,omitempty"`
 }
 
 // View returns one rollout with its cohort.
@@ -40,6 +43,9 @@ func (e *Engine) View(ctx context.Context, id string) (View, error) {
 	}
 	v := st.view()
 	v.Cohort = st.devices
+	if v.Decisions, err = e.opts.Store.SiteDecisions(ctx, id, ""); err != nil {
+		return View{}, err
+	}
 	return v, nil
 }
 
