@@ -109,7 +109,10 @@ func (e *Engine) decide(ctx context.Context, siteID, rolloutID string, kind Deci
 		return err
 	}
 	e.opts.Log.Info("site decision", "site_id", siteID, "rollout_id", rolloutID, "decision", kind, "actor", actor)
-	return e.Tick(ctx, rolloutID)
+	if err := e.Tick(ctx, rolloutID); err != nil {
+		e.opts.Log.Warn("rollout step after a site decision failed; the scheduler retries", "rollout_id", rolloutID, "err", err)
+	}
+	return nil
 }
 
 func (e *Engine) decideLocked(ctx context.Context, siteID, rolloutID string, kind DecisionKind, until time.Time, actor, reason string) error {

@@ -155,7 +155,10 @@ func (e *Engine) SetSitePolicy(ctx context.Context, p SitePolicy, actor, reason 
 	if err := e.audit(ctx, Decision{Action: "site.policy", Actor: actor, Reason: reason, SiteID: p.SiteID, Detail: string(b)}, err); err != nil {
 		return err
 	}
-	return e.Tick(ctx)
+	if err := e.Tick(ctx); err != nil {
+		e.opts.Log.Warn("rollout step after a site policy change failed; the scheduler retries", "site_id", p.SiteID, "err", err)
+	}
+	return nil
 }
 
 func (e *Engine) setSitePolicy(ctx context.Context, p SitePolicy, actor string) error {
