@@ -104,9 +104,13 @@ const (
 	StateCommitted   State = "committed"
 	StateFailed      State = "failed"
 	StateRolledBack  State = "rolled-back"
+	// StateWaiting: the image may be downloaded, but the device holds off
+	// installing it (outside its maintenance window, or busy in clinical
+	// use); Reason says which. It retries later and never interrupts.
+	StateWaiting State = "waiting"
 )
 
-var states = []State{StateIdle, StateDownloading, StateVerified, StateInstalled, StateBooted, StateCommitted, StateFailed, StateRolledBack}
+var states = []State{StateIdle, StateDownloading, StateVerified, StateInstalled, StateBooted, StateCommitted, StateFailed, StateRolledBack, StateWaiting}
 
 // Valid reports whether s is one of the defined states.
 func (s State) Valid() bool {
@@ -245,6 +249,40 @@ func AssignmentPath(deviceID string) string { return "devices/" + deviceID }
 type AssignmentCustom struct {
 	Target    string `json:"target"`     // release repository target path
 	RolloutID string `json:"rollout_id"` // the rollout that assigned it
+	// Windows, when set, are the only times the device may install and
+	// reboot: its site's weekly maintenance windows for the coming weeks,
+	// computed by the server in the site's time zone and given in UTC, so
+	// the device needs neither time zone data nor DST rules. Empty means
+	// any time.
+	Windows []Window `json:"windows,omitempty"`
+}
+
+// maxWindows bounds the windows of one assignment.
+const maxWindows = 256
+
+// A Window is one interval [Start, End) in which a device may install.
+type Window struct {
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+}
+
+// InWindow reports whether t falls inside one of windows, and when not, the
+// start of the next one (zero when none is left). An empty list allows any
+// time.
+func InWindow(windows []Window, t time.Time) (bool, time.Time) {
+	if len(windows) == 0 {
+		return true, time.Time{}
+	}
+	var next time.Time
+	for _, w := range windows {
+		if !t.Before(w.Start) && t.Before(w.End) {
+			return true, time.Time{}
+		}
+		if w.Start.After(t) && (next.IsZero() || w.Start.Before(next)) {
+			next = w.Start
+		}
+	}
+	return false, next
 }
 
 // Validate reports every invalid field at once.
@@ -255,6 +293,14 @@ func (a *AssignmentCustom) Validate() error {
 	}
 	if !ValidID(a.RolloutID) {
 		errs = append(errs, fmt.Errorf("assignment rollout_id %q is not a valid ID", a.RolloutID))
+	}
+	if len(a.Windows) > maxWindows {
+		errs = append(errs, fmt.Errorf("assignment has %d windows, more than the %d allowed", len(a.Windows), maxWindows))
+	}
+	for i, w := range a.Windows {
+		if !w.End.After(w.Start) {
+			errs = append(errs, fmt.Errorf("assignment window %d ends (%s) before it starts (%s)", i, w.End, w.Start))
+		}
 	}
 	return errors.Join(errs...)
 }

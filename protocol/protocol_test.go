@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aftercare/aftercare/protocol"
 )
@@ -94,7 +95,8 @@ func FuzzParseHint(f *testing.F) {
 }
 
 func TestParseAssignmentCustom(t *testing.T) {
-	for name, wantOK := range map[string]bool{"valid.json": true, "topic-characters-in-rollout-id.json": false, "unknown-field.json": false} {
+	for name, wantOK := range map[string]bool{"valid.json": true, "topic-characters-in-rollout-id.json": false, "unknown-field.json": false,
+		"windows.json": true, "window-ends-before-start.json": false} {
 		b, err := os.ReadFile(filepath.Join("testdata/assignment", name))
 		if err != nil {
 			t.Fatal(err)
@@ -125,4 +127,45 @@ func FuzzParseAssignmentCustom(f *testing.F) {
 			t.Fatalf("round trip changed the assignment: %v", err)
 		}
 	})
+}
+
+func TestInWindow(t *testing.T) {
+	at := func(s string) time.Time {
+		v, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	windows := []protocol.Window{
+		{Start: at("2026-03-29T00:00:00Z"), End: at("2026-03-29T03:00:00Z")},
+		{Start: at("2026-04-05T00:00:00Z"), End: at("2026-04-05T03:00:00Z")},
+	}
+	tests := []struct {
+		name     string
+		now      string
+		want     bool
+		wantNext string
+	}{
+		{"before-the-first", "2026-03-28T12:00:00Z", false, "2026-03-29T00:00:00Z"},
+		{"at-the-start", "2026-03-29T00:00:00Z", true, ""},
+		{"at-the-end-excluded", "2026-03-29T03:00:00Z", false, "2026-04-05T00:00:00Z"},
+		{"inside-the-second", "2026-04-05T02:59:59Z", true, ""},
+		{"after-the-last", "2026-05-01T00:00:00Z", false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ok, next := protocol.InWindow(windows, at(tt.now))
+			gotNext := ""
+			if !next.IsZero() {
+				gotNext = next.Format(time.RFC3339)
+			}
+			if ok != tt.want || gotNext != tt.wantNext {
+				t.Fatalf("InWindow(%s) = %t, %q; want %t, %q", tt.now, ok, gotNext, tt.want, tt.wantNext)
+			}
+		})
+	}
+	if ok, _ := protocol.InWindow(nil, at("2026-05-01T00:00:00Z")); !ok {
+		t.Fatal("InWindow(no windows) = false, want any time allowed")
+	}
 }

@@ -124,7 +124,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			BootstrapRoot: root, RolloutRoot: rolloutRoot, StateDir: cfg.StateDir, Boot: bl,
 			Slots:  map[firmware.Slot]string{firmware.SlotA: cfg.SlotA, firmware.SlotB: cfg.SlotB},
 			Health: checker.Check, PollInterval: cfg.PollInterval, OutboxBytes: cfg.OutboxBytes,
-			HTTP: httpc, Limits: cfg.DownloadLimits(), Log: log,
+			HTTP: httpc, Limits: cfg.DownloadLimits(), BusyHook: cfg.BusyHook, Log: log,
 		})
 		if err != nil {
 			return err

@@ -69,8 +69,11 @@ type Options struct {
 	// Limits guard metadata and image downloads against slow retrieval;
 	// the zero value means slowread.DefaultLimits.
 	Limits slowread.Limits
-	Log    *slog.Logger // required
-	Now    func() time.Time
+	// BusyHook is a local command asked before arming and rebooting; a
+	// non-zero exit means the device is in clinical use. Empty: never busy.
+	BusyHook string
+	Log      *slog.Logger // required
+	Now      func() time.Time
 }
 
 // Agent is one device's agent. Run it once per boot.
@@ -81,6 +84,9 @@ type Agent struct {
 	updater *update.Client
 	outbox  *report.Outbox
 	state   *stateFile
+	// held is an image written to the inactive slot and waiting for a
+	// maintenance window or for the device to be free; nil when none.
+	held *heldInstall
 	// problem is the last refusal or slow retrieval reported without an
 	// assignment to remember it by; it is not reported again until a
 	// check gets past it.
@@ -179,7 +185,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-link.Hints():
 			a.log.Debug("hint received")
-		case <-time.After(jitter(a.opts.PollInterval)):
+		case <-time.After(a.nextCheck()):
 		}
 	}
 }
@@ -291,13 +297,24 @@ func (a *Agent) check(ctx context.Context) error {
 		return a.refuseOrRetry(ctx, asg.RolloutID, t.Path, t.Manifest.Version, err)
 	}
 	job := install.Job{RolloutID: asg.RolloutID, Target: t.Path, Version: t.Manifest.Version, Image: t.Manifest.Image}
-	a.problem = "" // the download report below says where the device stands
-	a.report(protocol.StateDownloading, job.Target, job.Version, "")
-	slot, err := a.inst.Install(ctx, a.fetch(t), job)
-	if err != nil {
-		return a.refuseOrRetry(ctx, asg.RolloutID, job.Target, job.Version, err)
+	slot, ok := a.written(job)
+	if !ok {
+		a.problem = "" // the download report below says where the device stands
+		a.report(protocol.StateDownloading, job.Target, job.Version, "")
+		var err error
+		slot, err = a.inst.Install(ctx, a.fetch(t), job)
+		if err != nil {
+			return a.refuseOrRetry(ctx, asg.RolloutID, job.Target, job.Version, err)
+		}
+		a.report(protocol.StateVerified, job.Target, job.Version, "")
 	}
-	a.report(protocol.StateVerified, job.Target, job.Version, "")
+	// Downloads may happen any time; arming and rebooting only inside the
+	// site's maintenance window and when the device is not in use.
+	if why, retry := a.mayInstall(ctx, asg.Windows); why != "" {
+		a.hold(job, slot, why, retry)
+		return nil
+	}
+	a.held = nil
 	if err := a.inst.Arm(slot, job); err != nil {
 		a.report(protocol.StateFailed, job.Target, job.Version, "arm slot: "+err.Error())
 		return err

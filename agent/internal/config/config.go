@@ -59,6 +59,12 @@ type Config struct {
 	// PollInterval is how often the agent checks without a hint; default
 	// 1h, jittered by ±20%.
 	PollInterval time.Duration `yaml:"poll_interval" env:"POLL_INTERVAL"`
+	// BusyHook is a local command the agent runs before it arms a new slot
+	// and reboots: exit status 0 means the device is free, anything else
+	// that it is in clinical use (a procedure running, a patient
+	// connected); the first line of its output says why. The agent then
+	// waits and asks again, never interrupting. Empty: never busy.
+	BusyHook string `yaml:"busy_hook" env:"BUSY_HOOK"`
 	// Bootloader is "file" (a file-backed environment in BootDir, for
 	// development and the simulator; the default), "uboot" (fw_setenv on a
 	// redundant U-Boot environment) or "grub" (grub-editenv on two grubenv

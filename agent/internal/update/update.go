@@ -120,6 +120,9 @@ type Target struct {
 type Assignment struct {
 	RolloutID string
 	Target    *Target
+	// Windows are the only times the device may install and reboot, as the
+	// rollout repository signs them; empty means any time.
+	Windows []protocol.Window
 }
 
 // Assignment refreshes both repositories and returns the device's
@@ -161,7 +164,7 @@ func (c *Client) Assignment(ctx context.Context) (*Assignment, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Assignment{RolloutID: custom.RolloutID, Target: t}, nil
+	return &Assignment{RolloutID: custom.RolloutID, Target: t, Windows: custom.Windows}, nil
 }
 
 func hexHashes(h metadata.Hashes) map[string]string {

@@ -14,6 +14,9 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+	// Sites' maintenance windows name IANA time zones; the server must
+	// know them even on a host without tzdata.
+	_ "time/tzdata"
 
 	"github.com/aftercare/aftercare/server/internal/config"
 	"github.com/aftercare/aftercare/server/internal/server"

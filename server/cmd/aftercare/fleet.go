@@ -125,40 +125,6 @@ func siteCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-func rolloutCmd(e *env) *cobra.Command {
-	cmd := &cobra.Command{Use: "rollout", Short: "Roll a release out to devices"}
-	var releaseID string
-	var sites, models []string
-	create := &cobra.Command{
-		Use:   "create",
-		Short: "Assign a release to every device of its models (or the given models) in all or the given sites",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			req := map[string]any{"release_id": releaseID, "site_ids": sites, "models": models}
-			if err := c.postJSON(cmd.Context(), "/api/v1/rollouts", req, &raw); err != nil {
-				return err
-			}
-			var out struct {
-				ID      string   `json:"id"`
-				Devices []string `json:"devices"`
-			}
-			return e.show(raw, &out, func(w io.Writer) {
-				fmt.Fprintf(w, "rollout %s: %d device(s) assigned and notified\n", out.ID, len(out.Devices))
-			})
-		},
-	}
-	create.Flags().StringVar(&releaseID, "release", "", "release ID (required)")
-	create.Flags().StringSliceVar(&sites, "site", nil, "site ID (repeatable; default all sites)")
-	create.Flags().StringSliceVar(&models, "model", nil, "hardware model (repeatable; default the release's models)")
-	cmd.AddCommand(create)
-	return cmd
-}
-
 func patchStateCmd(e *env) *cobra.Command {
 	var siteID string
 	cmd := &cobra.Command{

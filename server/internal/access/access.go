@@ -55,8 +55,11 @@ const (
 	OrgsWrite      Permission = "orgs:write" // create organisations, move sites
 	SitesRead      Permission = "sites:read"
 	SitesWrite     Permission = "sites:write"
+	SitesPolicy    Permission = "sites:policy"     // a site's install policy and maintenance windows
+	SitesApprove   Permission = "sites:approve"    // approve, defer or decline a patch for a site
 	EnrollWrite    Permission = "enrollment:write" // make enrollment tokens for a site in scope
 	DevicesRead    Permission = "devices:read"     // devices, their reports and patch state
+	DevicesWrite   Permission = "devices:write"    // device labels (role, tags) that rollout cohorts select on
 	DevicesRevoke  Permission = "devices:revoke"
 	ReleasesRead   Permission = "releases:read"
 	ReleasesWrite  Permission = "releases:write" // upload, publish targets
@@ -73,7 +76,7 @@ const (
 )
 
 // Permissions lists every permission a role can hold (not Public or DeviceCert).
-var Permissions = []Permission{OrgsRead, OrgsWrite, SitesRead, SitesWrite, EnrollWrite, DevicesRead, DevicesRevoke,
+var Permissions = []Permission{OrgsRead, OrgsWrite, SitesRead, SitesWrite, SitesPolicy, SitesApprove, EnrollWrite, DevicesRead, DevicesWrite, DevicesRevoke,
 	ReleasesRead, ReleasesWrite, RepoRead, RepoWrite, RolloutsRead, RolloutsWrite, VulnRead, VulnWrite, DispositionSet,
 	UsersRead, UsersWrite, AuditRead}
 
@@ -85,10 +88,10 @@ var readsEverything = []Permission{OrgsRead, SitesRead, DevicesRead, ReleasesRea
 
 // grants is the role table. Admin holds every permission.
 var grants = map[Role][]Permission{
-	RoleReleaseEngineer: append(slices.Clone(readsEverything), ReleasesWrite, RepoWrite, RolloutsWrite),
+	RoleReleaseEngineer: append(slices.Clone(readsEverything), ReleasesWrite, RepoWrite, RolloutsWrite, DevicesWrite),
 	RolePSIRT:           append(slices.Clone(readsEverything), VulnWrite, DispositionSet, DevicesRevoke),
 	RoleAuditor:         append(slices.Clone(readsEverything), UsersRead, AuditRead),
-	RoleHospitalIT:      {OrgsRead, SitesRead, DevicesRead, ReleasesRead, VulnRead, EnrollWrite},
+	RoleHospitalIT:      {OrgsRead, SitesRead, DevicesRead, ReleasesRead, VulnRead, EnrollWrite, SitesPolicy, SitesApprove},
 }
 
 // Allows reports whether role r holds permission p.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/aftercare/aftercare/server/internal/audit"
 	"github.com/aftercare/aftercare/server/internal/problem"
+	"github.com/aftercare/aftercare/server/internal/rollout"
 	"github.com/aftercare/aftercare/server/internal/store"
 )
 
@@ -396,5 +397,31 @@ func (s *Service) AuditDisposition(ctx context.Context, ch store.DispositionChan
 	_, err := s.opts.Store.AppendAudit(ctx, audit.Record{
 		Actor: ch.Actor, Role: role, Action: "disposition.set", Object: object, Reason: ch.Reason, Details: ch,
 	}, ch.At)
+	return err
+}
+
+// AuditRollout appends a rollout engine decision (rollout create, pause,
+// resume, abort, rollback; site policy, approve, defer, decline), refused
+// attempts included, to the audit log.
+func (s *Service) AuditRollout(ctx context.Context, d rollout.Decision) error {
+	role := "unknown"
+	if p, ok := FromContext(ctx); ok {
+		role = string(p.Role)
+	}
+	object := "rollout/" + d.RolloutID
+	if d.SiteID != "" {
+		object = "site/" + d.SiteID
+		if d.RolloutID != "" {
+			object += "/rollout/" + d.RolloutID
+		}
+	}
+	outcome, reason := audit.OutcomeDone, d.Reason
+	if why, refused := strings.CutPrefix(d.Outcome, "refused: "); refused {
+		outcome = audit.OutcomeDenied
+		reason = strings.TrimSpace(d.Reason + " (refused: " + why + ")")
+	}
+	_, err := s.opts.Store.AppendAudit(ctx, audit.Record{
+		Actor: d.Actor, Role: role, Action: d.Action, Object: object, Outcome: outcome, Reason: reason, Details: d,
+	}, d.At)
 	return err
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
+	"github.com/aftercare/aftercare/server/internal/rollout"
 	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
 	"github.com/aftercare/aftercare/server/internal/vuln"
@@ -55,6 +56,7 @@ type Options struct {
 	MaxBundleBytes int64            // largest accepted release bundle
 	Log            *slog.Logger     // required
 	Vuln           *vuln.Service    // required
+	Rollouts       *rollout.Engine  // required
 	// FeedSync runs one feed sync for POST /api/v1/vuln/feeds/sync.
 	FeedSync     func(ctx context.Context) (vuln.SyncResult, error)
 	MaxFeedBytes int64            // largest accepted feed file
@@ -67,8 +69,8 @@ const maxJSONBytes = 64 << 10 // 64 KiB
 // New returns the server's HTTP handler, an *echo.Echo.
 func New(opts Options) (http.Handler, error) {
 	if opts.Fleet == nil || opts.Releases == nil || opts.Repo == nil || opts.Rollout == nil || opts.RepoDir == "" || opts.RolloutDir == "" ||
-		opts.Access == nil || opts.Store == nil || opts.Log == nil || opts.Vuln == nil {
-		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, Access, Store, Log and Vuln are required")
+		opts.Access == nil || opts.Store == nil || opts.Log == nil || opts.Vuln == nil || opts.Rollouts == nil {
+		return nil, errors.New("api: Fleet, Releases, Repo, Rollout, RepoDir, RolloutDir, Access, Store, Log, Vuln and Rollouts are required")
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

@@ -28,6 +28,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/deviceca"
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/release"
+	rolloutengine "github.com/aftercare/aftercare/server/internal/rollout"
 	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/store/storetest"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
@@ -129,8 +130,12 @@ func newStackWith(t *testing.T, s *store.Store, now func() time.Time) *stack {
 		t.Fatal(err)
 	}
 	st.fleet = fl
+	engine, err := rolloutengine.New(rolloutengine.Options{Store: st.store, Log: log, Publisher: rollout, Audit: people.AuditRollout, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h, err := api.New(api.Options{Fleet: fl, Releases: rel, Repo: repo, Rollout: rollout, RepoDir: st.repoDir, RolloutDir: st.rolloutDir,
-		Access: people, Store: st.store, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20, Now: now})
+		Access: people, Store: st.store, MaxBundleBytes: 64 << 20, Log: log, Vuln: vulns, MaxFeedBytes: 8 << 20, Now: now, Rollouts: engine})
 	if err != nil {
 		t.Fatal(err)
 	}

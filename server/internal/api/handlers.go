@@ -16,7 +16,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/aftercare/aftercare/protocol"
-	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
 	"github.com/aftercare/aftercare/server/internal/store"
@@ -407,19 +406,6 @@ func wrapBodyError(err error) error {
 		return problem.Invalid(fmt.Sprintf("request body: %v", err))
 	}
 	return err
-}
-
-func (h *handlers) createRollout(c echo.Context) error {
-	var req fleet.RolloutRequest
-	if err := bindJSON(c, &req); err != nil {
-		return err
-	}
-	r, err := h.opts.Fleet.CreateRollout(c.Request().Context(), req)
-	if err != nil {
-		return err
-	}
-	h.decided(c, "rollout/"+r.ID, map[string]any{"release_id": r.ReleaseID, "models": r.Selector.Models, "site_ids": r.Selector.SiteIDs, "devices": len(r.Devices)})
-	return c.JSON(http.StatusCreated, r)
 }
 
 // nonNil makes an empty list encode as [] rather than null.

@@ -67,7 +67,6 @@ func (h *handlers) routes() []route {
 		{"POST", "/api/v1/repository/targets", access.ReleasesWrite, "repository.targets.publish", h.publishTargets},
 		{"GET", "/api/v1/repository/:repo/root", access.RepoRead, "", h.currentRoot},
 		{"POST", "/api/v1/repository/:repo/root", access.RepoWrite, "repository.root.update", h.updateRoot},
-		{"POST", "/api/v1/rollouts", access.RolloutsWrite, "rollout.create", h.createRollout},
 
 		{"GET", "/api/v1/users", access.UsersRead, "", h.listUsers},
 		{"POST", "/api/v1/users", access.UsersWrite, "", h.createUser},              // audited in the same transaction
@@ -79,6 +78,7 @@ func (h *handlers) routes() []route {
 		{"GET", "/api/v1/audit", access.AuditRead, "", h.listAudit},
 		{"GET", "/api/v1/audit/verify", access.AuditRead, "", h.verifyAudit},
 	}
+	rs = append(rs, h.rolloutRoutes()...)
 	return append(rs, h.vulnRoutes()...)
 }
 

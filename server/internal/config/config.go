@@ -109,6 +109,15 @@ type Config struct {
 	// all assignments into one file. Fixed once the repository is first
 	// published.
 	RolloutBinBits int `yaml:"rollout_bin_bits" env:"ROLLOUT_BIN_BITS"`
+	// RolloutTick is how often the rollout scheduler promotes waves and
+	// assigns devices; default 10s.
+	RolloutTick time.Duration `yaml:"rollout_tick" env:"ROLLOUT_TICK"`
+	// MaxDeferralCritical .. MaxDeferralLow bound how long a site may defer
+	// a patch of each severity; defaults 7, 30, 90 and 180 days.
+	MaxDeferralCritical time.Duration `yaml:"max_deferral_critical" env:"MAX_DEFERRAL_CRITICAL"`
+	MaxDeferralHigh     time.Duration `yaml:"max_deferral_high" env:"MAX_DEFERRAL_HIGH"`
+	MaxDeferralMedium   time.Duration `yaml:"max_deferral_medium" env:"MAX_DEFERRAL_MEDIUM"`
+	MaxDeferralLow      time.Duration `yaml:"max_deferral_low" env:"MAX_DEFERRAL_LOW"`
 	// TimestampExpiry is how long a signed timestamp is valid; default 24h.
 	TimestampExpiry time.Duration `yaml:"timestamp_expiry" env:"TIMESTAMP_EXPIRY"`
 
@@ -181,6 +190,11 @@ func Default() Config {
 		ShareGroup:           "aftercare",
 		TimestampExpiry:      24 * time.Hour,
 		RolloutBinBits:       8,
+		RolloutTick:          10 * time.Second,
+		MaxDeferralCritical:  7 * 24 * time.Hour,
+		MaxDeferralHigh:      30 * 24 * time.Hour,
+		MaxDeferralMedium:    90 * 24 * time.Hour,
+		MaxDeferralLow:       180 * 24 * time.Hour,
 		MaxBundleBytes:       2 << 30,
 		DeviceCertValidity:   90 * 24 * time.Hour,
 		LogLevel:             "info",
@@ -294,6 +308,15 @@ func (c Config) Validate() error {
 	if c.RolloutKey == "" {
 		errs = append(errs, errors.New("rollout_key is required (the online rollout key from `aftercare keys init`)"))
 	}
+	if c.RolloutTick < 100*time.Millisecond || c.RolloutTick > time.Hour {
+		errs = append(errs, fmt.Errorf("rollout_tick %s must be between 100ms and 1h", c.RolloutTick))
+	}
+	for name, d := range map[string]time.Duration{"max_deferral_critical": c.MaxDeferralCritical, "max_deferral_high": c.MaxDeferralHigh,
+		"max_deferral_medium": c.MaxDeferralMedium, "max_deferral_low": c.MaxDeferralLow} {
+		if d < 0 || d > 3*365*24*time.Hour {
+			errs = append(errs, fmt.Errorf("%s %s must be between 0 and 3 years", name, d))
+		}
+	}
 	if c.RolloutBinBits < 0 || c.RolloutBinBits > 16 {
 		errs = append(errs, fmt.Errorf("rollout_bin_bits %d must be between 0 (one file) and 16 (65536 bins)", c.RolloutBinBits))
 	}
@@ -367,4 +390,10 @@ func (c Config) Level() slog.Level {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(c.LogLevel))
 	return lvl
+}
+
+// MaxDeferral returns the longest deferral per severity.
+func (c Config) MaxDeferral() map[string]time.Duration {
+	return map[string]time.Duration{"critical": c.MaxDeferralCritical, "high": c.MaxDeferralHigh,
+		"medium": c.MaxDeferralMedium, "low": c.MaxDeferralLow}
 }

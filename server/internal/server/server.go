@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/internal/atomicfile"
 	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/api"
@@ -27,6 +28,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/fleet"
 	"github.com/aftercare/aftercare/server/internal/mqttbridge"
 	"github.com/aftercare/aftercare/server/internal/release"
+	"github.com/aftercare/aftercare/server/internal/rollout"
 	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
 	"github.com/aftercare/aftercare/signing"
@@ -52,6 +54,7 @@ type Server struct {
 	fleet     *fleet.Service
 	repo      *tufrepo.Repo
 	rollout   *tufrepo.Rollout
+	rollouts  *rollout.Engine
 	http      *http.Server
 	httpAddr  net.Addr
 	brokerURL string
@@ -121,6 +124,14 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if err := fl.WriteCRL(ctx); err != nil {
 		return nil, err
 	}
+	// Wave promotion, deferral expiry and rate steps run in one replica at
+	// a time: the one holding the scheduler lease.
+	schedulerLease := s.store.Lease(rolloutSchedulerLease, instanceID(cfg.DataDir), rolloutLeaseTTL(cfg.RolloutTick), nil)
+	if s.rollouts, err = rollout.New(rollout.Options{Store: s.store, Log: log.With("component", "rollout"), Publisher: s.rollout,
+		Releases: releaseFlags{s.repo}, MaxDeferral: cfg.MaxDeferral(), TickInterval: cfg.RolloutTick,
+		Audit: people.AuditRollout, Leader: schedulerLease}); err != nil {
+		return nil, err
+	}
 	if err := s.connectBroker(ctx, fl); err != nil {
 		return nil, err
 	}
@@ -128,7 +139,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		Fleet: fl, Releases: releases, Repo: s.repo, Rollout: s.rollout,
 		Vuln: vulns, FeedSync: s.feedSync(vulns), MaxFeedBytes: cfg.Vuln.MaxFeedBytes,
 		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), Access: people, Store: s.store,
-		MaxBundleBytes: cfg.MaxBundleBytes, Log: log,
+		MaxBundleBytes: cfg.MaxBundleBytes, Log: log, Rollouts: s.rollouts,
 	})
 	if err != nil {
 		return nil, err
@@ -160,6 +171,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		}
 	}()
 	go s.refreshRepo(bg)
+	go s.rollouts.Run(bg)
 	s.startVuln(bg, vulns)
 	log.Info("fleet server started", "listen", s.httpAddr.String(), "public_url", cfg.PublicURL, "broker", s.brokerURL,
 		"embedded_broker", s.broker != nil, "database", dbKind(cfg), "data_dir", cfg.DataDir)
@@ -200,6 +212,7 @@ func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	}
 	s.bridge = bridge
 	fl.SetHinter(bridge)
+	s.rollouts.SetHinter(bridge)
 	return nil
 }
 
@@ -290,11 +303,37 @@ func (a assignmentSource) Assignments(ctx context.Context, deviceIDs []string) (
 	if err != nil {
 		return nil, err
 	}
+	var sites []string
+	for _, r := range rows {
+		sites = append(sites, r.SiteID)
+	}
+	// Install and reboot only inside the site's maintenance windows: they
+	// go into each device's signed entry.
+	windows, err := rollout.SiteWindows(ctx, a.st, time.Now(), sites)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]tufrepo.Assignment, len(rows))
 	for i, r := range rows {
-		out[i] = tufrepo.Assignment{DeviceID: r.DeviceID, RolloutID: r.RolloutID, TargetPath: r.TargetPath}
+		out[i] = tufrepo.Assignment{DeviceID: r.DeviceID, RolloutID: r.RolloutID, TargetPath: r.TargetPath, Windows: windows[r.SiteID]}
 	}
 	return out, nil
+}
+
+// releaseFlags answers for allow_rollback from the release repository's
+// signed targets.
+type releaseFlags struct{ repo *tufrepo.Repo }
+
+func (f releaseFlags) AllowsRollback(targetPath string) (bool, error) {
+	tf, ok := f.repo.Target(targetPath)
+	if !ok {
+		return false, nil
+	}
+	c, err := firmware.ParseTargetCustom(tf.Custom)
+	if err != nil {
+		return false, fmt.Errorf("release target %s: %w", targetPath, err)
+	}
+	return c.AllowRollback, nil
 }
 
 // adminToken returns the configured admin token, or the one kept in the
@@ -392,4 +431,15 @@ func (s *Server) closeParts() {
 	if s.store != nil {
 		s.store.Close()
 	}
+}
+
+// rolloutSchedulerLease names the lease the replica running scheduled
+// rollout work holds.
+const rolloutSchedulerLease = "rollout.scheduler"
+
+// rolloutLeaseTTL outlives a few scheduler ticks, so the holder renews it
+// well before another replica may take over, and a replica that died is
+// replaced within a minute or so.
+func rolloutLeaseTTL(tick time.Duration) time.Duration {
+	return max(4*tick, 30*time.Second)
 }

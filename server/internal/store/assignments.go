@@ -10,6 +10,7 @@ import (
 // device.
 type DeviceAssignment struct {
 	DeviceID   string
+	SiteID     string
 	RolloutID  string
 	ReleaseID  string
 	TargetPath string
@@ -43,15 +44,15 @@ func (s *Store) AssignmentsOf(ctx context.Context, deviceIDs []string) ([]Device
 	var out []DeviceAssignment
 	for start := 0; start < len(deviceIDs); start += assignmentsChunk {
 		chunk := deviceIDs[start:min(start+assignmentsChunk, len(deviceIDs))]
-		rows, err := s.direct().query(ctx, `SELECT a.device_id, a.rollout_id, a.release_id, r.target_path
-			FROM assignments a JOIN releases r ON r.id = a.release_id
+		rows, err := s.direct().query(ctx, `SELECT a.device_id, d.site_id, a.rollout_id, a.release_id, r.target_path
+			FROM assignments a JOIN releases r ON r.id = a.release_id JOIN devices d ON d.id = a.device_id
 			WHERE a.device_id IN (`+placeholders(len(chunk))+`)`, appendAll(nil, chunk)...)
 		if err != nil {
 			return nil, fmt.Errorf("read assignments: %w", err)
 		}
 		for rows.Next() {
 			var a DeviceAssignment
-			if err := rows.Scan(&a.DeviceID, &a.RolloutID, &a.ReleaseID, &a.TargetPath); err != nil {
+			if err := rows.Scan(&a.DeviceID, &a.SiteID, &a.RolloutID, &a.ReleaseID, &a.TargetPath); err != nil {
 				rows.Close()
 				return nil, err
 			}

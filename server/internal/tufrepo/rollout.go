@@ -37,6 +37,8 @@ type Assignment struct {
 	DeviceID   string
 	RolloutID  string
 	TargetPath string // release repository target path
+	// Windows are the only times the device may install; nil: any time.
+	Windows []protocol.Window
 }
 
 // An AssignmentSource reads the assignments table, the single record of
@@ -321,7 +323,7 @@ func (r *Rollout) entry(a Assignment) (*metadata.TargetFiles, error) {
 	if !ok {
 		return nil, fmt.Errorf("target %s is not in the release repository", a.TargetPath)
 	}
-	custom, err := json.Marshal(protocol.AssignmentCustom{Target: a.TargetPath, RolloutID: a.RolloutID})
+	custom, err := json.Marshal(protocol.AssignmentCustom{Target: a.TargetPath, RolloutID: a.RolloutID, Windows: a.Windows})
 	if err != nil {
 		return nil, err
 	}

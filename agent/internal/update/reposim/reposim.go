@@ -261,6 +261,16 @@ func (s *Sim) Assign(deviceID, rolloutID, targetPath string) {
 	s.AssignRaw(deviceID, rolloutID, targetPath, rel.Length, rel.Hashes)
 }
 
+// AssignInWindows assigns a signed release that the device may install
+// only inside the given maintenance windows.
+func (s *Sim) AssignInWindows(deviceID, rolloutID, targetPath string, windows []protocol.Window) {
+	s.Assign(deviceID, rolloutID, targetPath)
+	tf := s.Rollout.bin(s.Rollout.BinOf(deviceID)).Signed.Targets[protocol.AssignmentPath(deviceID)]
+	custom, _ := json.Marshal(protocol.AssignmentCustom{Target: targetPath, RolloutID: rolloutID, Windows: windows})
+	raw := json.RawMessage(custom)
+	tf.Custom = &raw
+}
+
 // AssignRaw makes the rollout repository assign any length and hashes
 // under any target path: what a compromised server could sign.
 func (s *Sim) AssignRaw(deviceID, rolloutID, targetPath string, length int64, hashes metadata.Hashes) {

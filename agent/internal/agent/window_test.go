@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aftercare/aftercare/agent/internal/slowread"
+	"github.com/aftercare/aftercare/agent/internal/update/reposim"
+	"github.com/aftercare/aftercare/firmware"
+	"github.com/aftercare/aftercare/protocol"
+)
+
+func (a *testAgent) states(t *testing.T) []string {
+	var out []string
+	for _, r := range a.reports(t) {
+		out = append(out, string(r.State)+":"+r.Reason)
+	}
+	return out
+}
+
+func TestInstallWaitsForTheMaintenanceWindow(t *testing.T) {
+	sim := reposim.New(t)
+	m := sim.AddRelease("1.1.0", false, "pump-x1")
+	sim.Publish(sim.Release)
+	start := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	sim.AssignInWindows(testDeviceID, "rollout-1", m.TargetPath(), []protocol.Window{{Start: start, End: start.Add(time.Hour)}})
+	sim.Publish(sim.Rollout)
+	a := newTestAgent(t, sim, "", slowread.Limits{})
+	ctx := context.Background()
+	for range 2 {
+		if err := a.check(ctx); err != nil {
+			t.Fatalf("check() outside the window = %v, want nil (waiting)", err)
+		}
+	}
+	a.notArmed(t)
+	got := a.states(t)
+	want := "waiting:outside the maintenance window; the next opens " + start.Format(time.RFC3339)
+	if len(got) != 3 || got[2] != want {
+		t.Fatalf("reports = %q; want downloading, verified and one %q", got, want)
+	}
+	if d := a.nextCheck(); d > time.Hour+time.Minute {
+		t.Fatalf("nextCheck() = %s, want at most until the window opens", d)
+	}
+	// Inside the window: the written slot is armed without a second download.
+	a.opts.Now = func() time.Time { return start.Add(time.Minute) }
+	if err := a.check(ctx); !errors.Is(err, ErrReboot) {
+		t.Fatalf("check() inside the window = %v, want ErrReboot", err)
+	}
+	downloads := 0
+	for _, s := range a.states(t) {
+		if strings.HasPrefix(s, "downloading") {
+			downloads++
+		}
+	}
+	if downloads != 1 {
+		t.Fatalf("reports %q: the image was downloaded %d times, want once", a.states(t), downloads)
+	}
+	if slot, err := a.boot.PowerOn(); err != nil || slot != firmware.SlotB {
+		t.Fatalf("after arming inside the window the device booted %s (%v), want b", slot, err)
+	}
+}
+
+func TestBusyHookHoldsTheInstall(t *testing.T) {
+	sim, _ := assigned(t)
+	a := newTestAgent(t, sim, "", slowread.Limits{})
+	hook := filepath.Join(t.TempDir(), "busy")
+	write := func(script string) {
+		if err := os.WriteFile(hook+".tmp", []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(hook+".tmp", hook); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name   string
+		script string
+		reason string
+	}{
+		{"patient-connected", "#!/bin/sh\necho 'patient connected: infusion running'\nexit 1\n", "device busy: patient connected: infusion running"},
+		{"silent-busy", "#!/bin/sh\nexit 3\n", "device busy: busy hook exited exit status 3"},
+	}
+	a.opts.BusyHook = hook
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			write(tt.script)
+			if err := a.check(context.Background()); err != nil {
+				t.Fatalf("check() while busy = %v, want nil", err)
+			}
+			a.notArmed(t)
+			got := a.states(t)
+			if last := got[len(got)-1]; last != "waiting:"+tt.reason {
+				t.Fatalf("last report %q, want waiting with %q", last, tt.reason)
+			}
+		})
+	}
+	a.opts.BusyHook = filepath.Join(t.TempDir(), "missing")
+	if err := a.check(context.Background()); err != nil {
+		t.Fatalf("check() with a hook that cannot run = %v, want nil (busy)", err)
+	}
+	a.notArmed(t)
+	a.opts.BusyHook = hook
+	write("#!/bin/sh\nexit 0\n")
+	if err := a.check(context.Background()); !errors.Is(err, ErrReboot) {
+		t.Fatalf("check() once free = %v, want ErrReboot", err)
+	}
+}
