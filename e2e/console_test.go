@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -57,12 +58,16 @@ func run(t *testing.T, ctx context.Context, what string, actions ...chromedp.Act
 	}
 }
 
-// textOf reads the visible text of the first element matching sel.
+// textOf reads the visible text of the first element matching sel, or ""
+// when there is none. It reads in one step inside the page, because the
+// page replaces its tables on every refresh and a node found by one
+// protocol call may be gone by the next.
 func textOf(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, rolloutTimeout)
 	defer cancel()
-	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	q, _ := json.Marshal(sel)
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector(`+string(q)+`) || {}).innerText || ""`))
 	if err != nil {
 		t.Fatalf("console: read %s: %v", sel, err)
 	}
