@@ -22,7 +22,7 @@ agent:
 ## (Debian's qemu-user-static; no -race, which Go does not support on 32-bit ARM)
 QEMU_ARM ?= qemu-arm-static
 test-armv7:
-	CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) test -exec $(QEMU_ARM) -timeout $(TIMEOUT) ./agent/... ./firmware/... ./protocol/... ./internal/...
+	AFTERCARE_TEST_EXEC=$(QEMU_ARM) CGO_ENABLED=0 GOOS=linux GOARCH=arm GOARM=7 $(GO) test -exec $(QEMU_ARM) -timeout $(TIMEOUT) ./agent/... ./firmware/... ./protocol/... ./internal/...
 
 ## sbom: a CycloneDX SBOM of the agent binary from its Go build information (bin/aftercare-agent.cdx.json)
 sbom: build

@@ -208,7 +208,7 @@ func peakRSS(b *testing.B, dir, url string, job install.Job) float64 {
 	b.Helper()
 	os.RemoveAll(dir)
 	spec, _ := json.Marshal(rssSpec{Dir: dir, URL: url, Job: job})
-	cmd := exec.Command(os.Args[0], "-test.run=^TestInstallRSSChild$", "-test.count=1")
+	cmd := selfCommand("-test.run=^TestInstallRSSChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), rssChildEnv+"="+string(spec))
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -203,7 +203,7 @@ func (r *rig) run(t *testing.T, spec childSpec) childRun {
 	t.Helper()
 	spec.Dir = r.dir
 	b, _ := json.Marshal(spec)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestPowerLossChild$", "-test.count=1")
+	cmd := selfCommand("-test.run=^TestPowerLossChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), childEnv+"="+string(b))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -512,4 +512,14 @@ func powerLossAt(t *testing.T, base childSpec, kp killPoint, factory []byte, fac
 		outcome = string(install.Committed)
 	}
 	return outcome, resumed
+}
+
+// selfCommand runs this test binary again. Under user-mode emulation (make
+// test-armv7 sets AFTERCARE_TEST_EXEC=qemu-arm-static) the kernel cannot
+// run the binary by itself, so the child goes through the same emulator.
+func selfCommand(args ...string) *exec.Cmd {
+	if wrap := os.Getenv("AFTERCARE_TEST_EXEC"); wrap != "" {
+		return exec.Command(wrap, append([]string{os.Args[0]}, args...)...)
+	}
+	return exec.Command(os.Args[0], args...)
 }
