@@ -52,7 +52,7 @@ type Options struct {
 	// ack once the events are durable (or rejected for good). nil: the
 	// bridge does not subscribe to events.
 	OnEvents func(deviceID string, payload []byte, ack func())
-	Log         *slog.Logger // required
+	Log      *slog.Logger // required
 }
 
 // Bridge is a connected MQTT client. It is safe for concurrent use.
