@@ -41,8 +41,11 @@ func TestEveryRouteDeclaresAPermission(t *testing.T) {
 		if !ok || perm == "" {
 			t.Errorf("route %s %s declares no permission in the route table (routes.go)", r.Method, r.Path)
 		}
-		if perm == access.Public && strings.HasPrefix(r.Path, "/api/v1/") && r.Path != "/api/v1/enroll" {
-			t.Errorf("route %s %s is public; only enrollment is", r.Method, r.Path)
+		// Enrollment takes its one-time token; the device routes take the
+		// device's client certificate (deviceAuth) instead of a token.
+		deviceRoute := r.Path == "/api/v1/device" || strings.HasPrefix(r.Path, "/api/v1/device/")
+		if perm == access.Public && strings.HasPrefix(r.Path, "/api/v1/") && r.Path != "/api/v1/enroll" && !deviceRoute {
+			t.Errorf("route %s %s is public; only enrollment and the certificate-authenticated device routes are", r.Method, r.Path)
 		}
 	}
 }
@@ -53,6 +56,7 @@ type isolation struct {
 	orgA, siteA, deviceA, serialA   string
 	relAOnly, relAssigned, rolloutA string
 	userA, tokenA                   string
+	alertA                          string // raised by St. Mary's device's security events
 	siteB, deviceB, relB            string
 	tokenB                          string // hospital_it of Lakeside
 	secrets                         []string
@@ -85,7 +89,10 @@ func (st *stack) enrollAt(t *testing.T, siteID, serial, version string) string {
 	var dev struct {
 		DeviceID string `json:"device_id"`
 	}
-	req := map[string]string{"token": toks.Tokens[0], "model": "pump-x1", "installed_version": version, "serial": serial}
+	// Devices enroll with their own ID and a CSR (issue 7 identity).
+	deviceID := "dev-" + serial
+	_, csr := newCSR(t, deviceID)
+	req := map[string]string{"token": toks.Tokens[0], "device_id": deviceID, "csr": csr, "model": "pump-x1", "installed_version": version, "serial": serial}
 	if code := st.postJSON(t, "/api/v1/enroll", "", req, &dev); code != 201 {
 		t.Fatalf("enroll = %d", code)
 	}
@@ -100,7 +107,7 @@ func (st *stack) publishVersion(t *testing.T, version string, sbom []byte) strin
 	if code := st.call(t, http.MethodGet, "/api/v1/repository/targets", adminToken, "", nil, nil); code == 200 {
 		req, _ := http.NewRequest("GET", st.srv.URL+"/api/v1/repository/targets", nil)
 		req.Header.Set("Authorization", "Bearer "+adminToken)
-		res, err := http.DefaultClient.Do(req)
+		res, err := st.srv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,6 +166,7 @@ func newIsolation(t *testing.T, st *stack) *isolation {
 		"status": "affected", "reason": "St. Mary's build uses the X.400 path"}, nil); code != 201 {
 		t.Fatalf("disposition = %d", code)
 	}
+	iso.alertA = raiseAlert(t, st.store, iso.deviceA, iso.siteA)
 	var secretA, secretB string
 	iso.userA, iso.tokenA, secretA = st.apiUser(t, access.UserRequest{Name: "it-st-mary", Role: "hospital_it", Organisation: iso.orgA})
 	_, _, secretB = st.apiUser(t, access.UserRequest{Name: "it-lakeside", Role: "hospital_it", Organisation: "Lakeside Clinic"})
@@ -175,7 +183,7 @@ func newIsolation(t *testing.T, st *stack) *isolation {
 // Lakeside's IT.
 func (iso *isolation) forbidden() []string {
 	return append([]string{iso.orgA, "St. Mary", iso.siteA, iso.deviceA, iso.serialA, iso.relAOnly, iso.relAssigned, iso.rolloutA,
-		iso.userA, iso.tokenA, "it-st-mary", "0.9.0", "1.1.0"}, iso.secrets...)
+		iso.userA, iso.tokenA, "it-st-mary", "0.9.0", "1.1.0", iso.alertA, "intruder.st-mary.example"}, iso.secrets...)
 }
 
 // fill puts St. Mary's objects into a route's parameters.
@@ -190,6 +198,8 @@ func (iso *isolation) fill(path string) string {
 			seg[i] = iso.siteA
 		case prev == "devices":
 			seg[i] = iso.deviceA
+		case prev == "alerts":
+			seg[i] = iso.alertA
 		case prev == "releases":
 			seg[i] = iso.relAOnly
 		case prev == "users":
@@ -259,7 +269,7 @@ func TestSiteIsolationMatrix(t *testing.T) {
 				if ct != "" {
 					req.Header.Set("Content-Type", ct)
 				}
-				res, err := http.DefaultClient.Do(req)
+				res, err := st.srv.Client().Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -459,7 +469,7 @@ func TestTokenLifecycleAndReason(t *testing.T) {
 	req, _ := http.NewRequest("POST", st.srv.URL+"/api/v1/tokens/"+tokenID+"/revoke", nil)
 	req.Header.Set("Authorization", "Bearer "+adminToken)
 	req.Header.Set(api.HeaderReason, "laptop stolen")
-	res, err := http.DefaultClient.Do(req)
+	res, err := st.srv.Client().Do(req)
 	if err != nil || res.StatusCode != 200 {
 		t.Fatalf("revoke = %v %v", res, err)
 	}

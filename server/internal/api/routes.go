@@ -80,6 +80,7 @@ func (h *handlers) routes() []route {
 		{"GET", "/api/v1/audit", access.AuditRead, "", h.listAudit},
 		{"GET", "/api/v1/audit/verify", access.AuditRead, "", h.verifyAudit},
 	}
+	rs = append(rs, h.eventRoutes()...)
 	return append(rs, h.vulnRoutes()...)
 }
 
