@@ -44,23 +44,23 @@ const repoRefreshInterval = 10 * time.Minute
 
 // Server is a running fleet server.
 type Server struct {
-	cfg       config.Config
-	log       *slog.Logger
-	store     *store.Store
-	broker    *broker.Broker // nil with an external broker
-	bridge    *mqttbridge.Bridge
-	ingest    *ingest.Ingester
+	cfg    config.Config
+	log    *slog.Logger
+	store  *store.Store
+	broker *broker.Broker // nil with an external broker
+	bridge *mqttbridge.Bridge
+	ingest *ingest.Ingester
 	// stopIngest stops the event ingester; nil before it starts.
 	stopIngest func()
-	ca        *deviceca.CA
-	fleet     *fleet.Service
-	repo      *tufrepo.Repo
-	rollout   *tufrepo.Rollout
-	http      *http.Server
-	httpAddr  net.Addr
-	brokerURL string
-	done      chan struct{}
-	cancel    context.CancelFunc
+	ca         *deviceca.CA
+	fleet      *fleet.Service
+	repo       *tufrepo.Repo
+	rollout    *tufrepo.Rollout
+	http       *http.Server
+	httpAddr   net.Addr
+	brokerURL  string
+	done       chan struct{}
+	cancel     context.CancelFunc
 }
 
 // Start builds every part from cfg and starts serving. getenv supplies the
@@ -132,7 +132,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		Fleet: fl, Releases: releases, Repo: s.repo, Rollout: s.rollout,
 		Vuln: vulns, FeedSync: s.feedSync(vulns), MaxFeedBytes: cfg.Vuln.MaxFeedBytes,
 		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), Access: people, Store: s.store,
-		IngestStats: s.ingest.Stats,
+		IngestStats:    s.ingest.Stats,
 		MaxBundleBytes: cfg.MaxBundleBytes, Log: log,
 	})
 	if err != nil {
