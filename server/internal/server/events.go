@@ -25,7 +25,7 @@ func (s *Server) startIngest() (*ingest.Ingester, func(deviceID string, payload 
 		defer close(done)
 		in.Run(ctx)
 	}()
-	s.stopIngest = func() {
+	s.endIngest = func() {
 		cancel()
 		<-done
 	}

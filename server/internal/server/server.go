@@ -50,17 +50,17 @@ type Server struct {
 	broker *broker.Broker // nil with an external broker
 	bridge *mqttbridge.Bridge
 	ingest *ingest.Ingester
-	// stopIngest stops the event ingester; nil before it starts.
-	stopIngest func()
-	ca         *deviceca.CA
-	fleet      *fleet.Service
-	repo       *tufrepo.Repo
-	rollout    *tufrepo.Rollout
-	http       *http.Server
-	httpAddr   net.Addr
-	brokerURL  string
-	done       chan struct{}
-	cancel     context.CancelFunc
+	// endIngest stops the event ingester; nil before it starts.
+	endIngest func()
+	ca        *deviceca.CA
+	fleet     *fleet.Service
+	repo      *tufrepo.Repo
+	rollout   *tufrepo.Rollout
+	http      *http.Server
+	httpAddr  net.Addr
+	brokerURL string
+	done      chan struct{}
+	cancel    context.CancelFunc
 }
 
 // Start builds every part from cfg and starts serving. getenv supplies the
@@ -396,8 +396,8 @@ func (s *Server) closeParts() {
 	if s.bridge != nil {
 		s.bridge.Close()
 	}
-	if s.stopIngest != nil {
-		s.stopIngest()
+	if s.endIngest != nil {
+		s.endIngest()
 	}
 	if s.broker != nil {
 		s.broker.Close()
