@@ -44,14 +44,13 @@ const repoRefreshInterval = 10 * time.Minute
 
 // Server is a running fleet server.
 type Server struct {
-	cfg    config.Config
-	log    *slog.Logger
-	store  *store.Store
-	broker *broker.Broker // nil with an external broker
-	bridge *mqttbridge.Bridge
-	ingest *ingest.Ingester
-	// endIngest stops the event ingester; nil before it starts.
-	endIngest func()
+	cfg       config.Config
+	log       *slog.Logger
+	store     *store.Store
+	broker    *broker.Broker // nil with an external broker
+	bridge    *mqttbridge.Bridge
+	ingest    *ingest.Ingester
+	endIngest func() // stops the event ingester; nil before it starts
 	ca        *deviceca.CA
 	fleet     *fleet.Service
 	repo      *tufrepo.Repo
