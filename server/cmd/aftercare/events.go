@@ -149,7 +149,7 @@ func eventsCmd(e *env) *cobra.Command {
 	}
 	xq.flags(export, true)
 	export.Flags().StringVar(&format, "format", siem.FormatRFC5424, "rfc5424, cef or jsonl")
-	export.Flags().StringVar(&to, "to", "", "send to a SIEM: tcp://host:port or tls://host:port (default: stdout)")
+	export.Flags().StringVar(&to, "siem", "", "send to a SIEM: tcp://host:port or tls://host:port (default: stdout)")
 	export.Flags().StringVar(&caFile, "ca-file", "", "CA certificate (PEM) that verifies a tls:// SIEM (default: system roots)")
 	cmd.AddCommand(list, timeline, export)
 	return cmd
