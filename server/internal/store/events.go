@@ -269,3 +269,19 @@ func (s *Store) SeqGaps(ctx context.Context, deviceID string) (gaps []Gap, last,
 	}
 	return gaps, next - 1, dropped, rows.Err()
 }
+
+// CountEvents counts the stored events of a device, or of every device
+// when deviceID is empty.
+func (s *Store) CountEvents(ctx context.Context, deviceID string) (int64, error) {
+	var n int64
+	var err error
+	if deviceID == "" {
+		err = s.direct().queryRow(ctx, `SELECT COUNT(*) FROM device_events`).Scan(&n)
+	} else {
+		err = s.direct().queryRow(ctx, `SELECT COUNT(*) FROM device_events WHERE device_id = ?`, deviceID).Scan(&n)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("count events: %w", err)
+	}
+	return n, nil
+}
