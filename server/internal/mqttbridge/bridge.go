@@ -94,6 +94,11 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 		SetAutoAckDisabled(true).
 		SetOrderMatters(false).
 		SetKeepAlive(30 * time.Second).
+		// A persistent session makes the broker resend unacknowledged
+		// messages right after CONNACK, before the subscription below is
+		// made again; without a default handler paho drops them unacked
+		// and they stay stuck at the broker until the next reconnect.
+		SetDefaultPublishHandler(b.onMessage).
 		SetOnConnectHandler(func(c paho.Client) {
 			// Subscribe on every connect: a broker without the session
 			// (restarted, or clean) has forgotten the subscription.
