@@ -10,7 +10,7 @@
 //
 //	{prefix}/dev/{deviceID}/hint    server -> device, QoS 1: "refresh now"
 //	{prefix}/dev/{deviceID}/state   device -> server, QoS 1: a StateReport
-//	{prefix}/dev/{deviceID}/events  device -> server: security events
+//	{prefix}/dev/{deviceID}/events  device -> server, QoS 1: an EventBatch (events.go)
 //
 // A hint carries no instruction the device trusts; it only makes the device
 // check for an assignment sooner than its poll timer would.

@@ -117,6 +117,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if !cfg.HealthServer {
 		checker.ServerURL = ""
 	}
+	sources, closeSources, err := eventSources(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeSources()
 	for {
 		ag, err := agent.New(agent.Options{
 			ServerURL: cfg.ServerURL, Identity: id, Credentials: creds, ServerRoots: serverRoots, BrokerURL: cfg.BrokerURL,
@@ -125,6 +130,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			Slots:  map[firmware.Slot]string{firmware.SlotA: cfg.SlotA, firmware.SlotB: cfg.SlotB},
 			Health: checker.Check, PollInterval: cfg.PollInterval, OutboxBytes: cfg.OutboxBytes,
 			HTTP: httpc, Limits: cfg.DownloadLimits(), BusyHook: cfg.BusyHook, Log: log,
+			ConfigHash: configHash(cfg), EventSources: sources,
 		})
 		if err != nil {
 			return err

@@ -10,9 +10,12 @@
 // inactive slot (install) -> arm the slot -> ErrReboot. The caller
 // reboots; the next Run commits or reports the rollback.
 //
-// Every refusal is reported to the server with its reason and logged as a
+// Every refusal is reported to the server with its reason, logged as a
 // WARN "security event" with the fields event, code, rollout_id, target
-// and err.
+// and err, and queued as an integrity event (events.go). Rollbacks, slot
+// changes the agent did not make and configuration changes are events
+// too; journald, file tails and the syslog socket add theirs while Run
+// runs (agent/internal/events).
 package agent
 
 import (
@@ -27,6 +30,7 @@ import (
 	"time"
 
 	"github.com/aftercare/aftercare/agent/internal/download"
+	"github.com/aftercare/aftercare/agent/internal/events"
 	"github.com/aftercare/aftercare/agent/internal/install"
 	"github.com/aftercare/aftercare/agent/internal/report"
 	"github.com/aftercare/aftercare/agent/internal/slowread"
@@ -72,8 +76,15 @@ type Options struct {
 	// BusyHook is a local command asked before arming and rebooting; a
 	// non-zero exit means the device is in clinical use. Empty: never busy.
 	BusyHook string
-	Log      *slog.Logger // required
-	Now      func() time.Time
+	// ConfigHash identifies the agent's effective configuration; a change
+	// since the previous start is reported as a config event. Empty: not
+	// checked.
+	ConfigHash string
+	// EventSources feed security events (journald, file tails, the syslog
+	// socket) into the outbox while Run runs; nil: only the agent's own.
+	EventSources []events.Source
+	Log          *slog.Logger // required
+	Now          func() time.Time
 }
 
 // Agent is one device's agent. Run it once per boot.
@@ -168,6 +179,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		stopSend()
 		<-sent
 	}()
+	srcCtx, stopSources := context.WithCancel(ctx)
+	srcDone := make(chan struct{})
+	go func() {
+		defer close(srcDone)
+		events.Run(srcCtx, a.log, a.emit, a.opts.EventSources...)
+	}()
+	defer func() {
+		stopSources()
+		<-srcDone
+	}()
 
 	if err := a.afterBoot(ctx); err != nil {
 		return a.beforeReboot(ctx, err)
@@ -229,6 +250,9 @@ func (a *Agent) afterBoot(ctx context.Context) error {
 		return err
 	}
 	j := out.Job
+	if err := a.startEvents(out.Kind != install.NoInstall); err != nil {
+		a.log.Warn("cannot check for slot and config changes", "err", err)
+	}
 	switch out.Kind {
 	case install.NoInstall:
 		a.report(protocol.StateIdle, "", "", "")
@@ -239,6 +263,8 @@ func (a *Agent) afterBoot(ctx context.Context) error {
 		return ErrReboot
 	case install.RolledBack:
 		a.report(protocol.StateRolledBack, j.Target, j.Version, out.Reason)
+		a.event(protocol.CategoryUpdate, protocol.SeverityError, "install rolled back: "+out.Reason,
+			map[string]string{"event": "rollback", "rollout_id": j.RolloutID, "target": j.Target, "version": j.Version})
 		a.state.refuse(j.RolloutID, j.Target, out.Reason)
 	case install.Interrupted:
 		// A write that resumes is still downloading; one that cannot has
@@ -386,11 +412,13 @@ func (a *Agent) refuseOrRetry(ctx context.Context, rolloutID, target, version st
 	reason := err.Error()
 	if rolloutID != "" && code != "slow retrieval" {
 		a.report(protocol.StateFailed, target, version, reason)
+		a.securityEvent(event, code, rolloutID, target, err)
 		a.state.refuse(rolloutID, target, reason)
 		return nil
 	}
 	if reason != a.problem {
 		a.report(protocol.StateFailed, target, version, reason)
+		a.securityEvent(event, code, rolloutID, target, err)
 		a.problem = reason
 	}
 	if code == "slow retrieval" {

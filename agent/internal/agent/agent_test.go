@@ -109,6 +109,9 @@ func (a *testAgent) reports(t *testing.T) []protocol.StateReport {
 	}
 	var out []protocol.StateReport
 	for _, e := range pending {
+		if e.Kind == protocol.KindEvents {
+			continue
+		}
 		r, err := protocol.ParseStateReport(e.Payload)
 		if err != nil {
 			t.Fatal(err)
@@ -303,10 +306,17 @@ func TestEveryRefusalIsReportedAndLogged(t *testing.T) {
 				t.Fatalf("log lacks the security event with code %q:\n%s", tt.wantCode, logs)
 			}
 			a.notArmed(t)
+			evs := a.events(t)
+			if len(evs) != 1 || evs[0].Category != protocol.CategoryIntegrity || evs[0].Severity != protocol.SeverityError || evs[0].Fields["code"] != tt.wantCode {
+				t.Fatalf("security events = %+v, want one integrity error with code %q", evs, tt.wantCode)
+			}
 			// Checking again reports nothing new.
 			a.check(context.Background())
 			if again := a.failures(t); len(again) != 1 {
 				t.Fatalf("the same refusal was reported %d times", len(again))
+			}
+			if again := a.events(t); len(again) != 1 {
+				t.Fatalf("the same refusal made %d events", len(again))
 			}
 		})
 	}

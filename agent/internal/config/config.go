@@ -111,6 +111,16 @@ type Config struct {
 	OutboxBytes int64 `yaml:"outbox_bytes" env:"OUTBOX_BYTES"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `yaml:"log_level" env:"LOG_LEVEL"`
+	// SyslogSocket is a unix datagram socket the agent creates for the
+	// device application's syslog messages (RFC 5424 or 3164), each a
+	// security event; empty: none.
+	SyslogSocket string `yaml:"syslog_socket" env:"SYSLOG_SOCKET"`
+	// EventFiles are log files followed line by line, each line an event;
+	// rotation and truncation are followed.
+	EventFiles []string `yaml:"event_files" env:"EVENT_FILES"`
+	// Journald follows the systemd journal with journalctl for
+	// authentication events; default false.
+	Journald bool `yaml:"journald" env:"JOURNALD"`
 }
 
 // Default returns the documented defaults.
@@ -226,6 +236,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("outbox_bytes %d must be at least 64 KiB", c.OutboxBytes))
 	}
 	var lvl slog.Level
+	if len(c.SyslogSocket) > 100 {
+		errs = append(errs, fmt.Errorf("syslog_socket %q is longer than a unix socket path may be (100 bytes)", c.SyslogSocket))
+	}
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("log_level %q is not debug, info, warn or error", c.LogLevel))
 	}

@@ -141,13 +141,34 @@ func deliverPending(ctx context.Context, o *Outbox, l *Link) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for i, e := range pending {
-		if err := l.publish(ctx, protocol.KindState, e.Payload); err != nil {
-			return i, err
+	sent := 0
+	for len(pending) > 0 {
+		e := pending[0]
+		kind, payload, n := protocol.KindState, e.Payload, 1
+		if e.Kind == protocol.KindEvents {
+			// Consecutive events go as one batch; a damaged entry is
+			// dropped rather than blocking the queue forever.
+			kind = protocol.KindEvents
+			payload, n, err = batchEvents(l.opts.DeviceID, pending)
+			if err != nil {
+				l.opts.Log.Warn("outbox event dropped", "seq", e.Seq, "err", err)
+				if err := o.Delivered(e.Seq); err != nil {
+					return sent, err
+				}
+				pending = pending[1:]
+				continue
+			}
 		}
-		if err := o.Delivered(e.Seq); err != nil {
-			return i, err
+		if err := l.publish(ctx, kind, payload); err != nil {
+			return sent, err
 		}
+		for _, d := range pending[:n] {
+			if err := o.Delivered(d.Seq); err != nil {
+				return sent, err
+			}
+		}
+		sent += n
+		pending = pending[n:]
 	}
-	return len(pending), nil
+	return sent, nil
 }

@@ -78,35 +78,63 @@ func OpenOutbox(dir string, maxBytes int64) (*Outbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	if n := len(seqs); n > 0 && seqs[n-1] > o.c.LastSeq {
-		o.c.LastSeq = seqs[n-1]
+	if n := len(seqs); n > 0 && seqs[n-1].seq > o.c.LastSeq {
+		o.c.LastSeq = seqs[n-1].seq
 	}
 	return o, nil
 }
 
 func (o *Outbox) counterPath() string { return filepath.Join(o.dir, "counter.json") }
 
+// eventSuffix marks an entry holding a protocol.Event; other entries hold
+// a protocol.StateReport.
+const eventSuffix = ".event"
+
 func (o *Outbox) entryPath(seq uint64) string {
 	return filepath.Join(o.dir, fmt.Sprintf("%020d.json", seq))
 }
 
-// seqs lists the queued sequence numbers in order.
-func (o *Outbox) seqs() ([]uint64, error) {
+func (o *Outbox) eventPath(seq uint64) string {
+	return filepath.Join(o.dir, fmt.Sprintf("%020d%s.json", seq, eventSuffix))
+}
+
+func (o *Outbox) path(seq uint64, kind string) string {
+	if kind == protocol.KindEvents {
+		return o.eventPath(seq)
+	}
+	return o.entryPath(seq)
+}
+
+// queued is one entry file: its sequence number and topic kind.
+type queued struct {
+	seq  uint64
+	kind string
+}
+
+// seqs lists the queued entries in sequence order.
+func (o *Outbox) seqs() ([]queued, error) {
 	entries, err := os.ReadDir(o.dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []uint64
+	var out []queued
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || len(name) != 20 {
+		if !ok {
+			continue
+		}
+		kind := protocol.KindState
+		if n, ok := strings.CutSuffix(name, eventSuffix); ok {
+			name, kind = n, protocol.KindEvents
+		}
+		if len(name) != 20 {
 			continue
 		}
 		if seq, err := strconv.ParseUint(name, 10, 64); err == nil {
-			out = append(out, seq)
+			out = append(out, queued{seq, kind})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
 	return out, nil
 }
 
@@ -114,39 +142,48 @@ func (o *Outbox) seqs() ([]uint64, error) {
 func (o *Outbox) Notify() <-chan struct{} { return o.notify }
 
 // Append assigns the next sequence number and time to r, stores it durably
-// and returns it. The oldest reports are dropped if the outbox would exceed
-// its budget.
+// and returns it. The oldest reports and events are dropped if the outbox
+// would exceed its budget.
 func (o *Outbox) Append(r protocol.StateReport, now time.Time) (protocol.StateReport, error) {
+	r.Format = protocol.Format
+	r.Time = now.UTC()
+	err := o.append(protocol.KindState, func(seq, dropped uint64) any {
+		r.Seq, r.Dropped = seq, dropped
+		return r
+	})
+	return r, err
+}
+
+// append stores the entry that encode makes for the next sequence number
+// and the count of entries dropped so far.
+func (o *Outbox) append(kind string, encode func(seq, dropped uint64) any) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	r.Format = protocol.Format
-	r.Seq = o.c.LastSeq + 1
-	r.Time = now.UTC()
-	b, err := json.Marshal(r)
+	seq := o.c.LastSeq + 1
+	b, err := json.Marshal(encode(seq, 0))
 	if err != nil {
-		return r, err
+		return fmt.Errorf("encode outbox entry: %w", err)
 	}
-	// Make room first: what is dropped now must be counted in this report.
+	// Make room first: what is dropped now must be counted in this entry.
 	// The count adds at most 32 bytes to the encoding.
 	if err := o.makeRoomLocked(int64(len(b)) + 32); err != nil {
-		return r, err
+		return fmt.Errorf("make room in the outbox: %w", err)
 	}
-	r.Dropped = o.c.Dropped
-	if b, err = json.Marshal(r); err != nil {
-		return r, err
+	if b, err = json.Marshal(encode(seq, o.c.Dropped)); err != nil {
+		return fmt.Errorf("encode outbox entry: %w", err)
 	}
-	if err := atomicfile.WriteFile(o.entryPath(r.Seq), b, 0o600); err != nil {
-		return r, err
+	if err := atomicfile.WriteFile(o.path(seq, kind), b, 0o600); err != nil {
+		return fmt.Errorf("write outbox entry: %w", err)
 	}
-	o.c.LastSeq, o.c.Dropped = r.Seq, 0
+	o.c.LastSeq, o.c.Dropped = seq, 0
 	if err := o.saveLocked(); err != nil {
-		return r, err
+		return fmt.Errorf("write outbox counter: %w", err)
 	}
 	select {
 	case o.notify <- struct{}{}:
 	default:
 	}
-	return r, nil
+	return nil
 }
 
 // makeRoomLocked drops the oldest reports until need more bytes fit.
@@ -158,18 +195,22 @@ func (o *Outbox) makeRoomLocked(need int64) error {
 	}
 	var total int64
 	sizes := make([]int64, len(seqs))
-	for i, seq := range seqs {
-		if fi, err := os.Stat(o.entryPath(seq)); err == nil {
+	for i, q := range seqs {
+		if fi, err := os.Stat(o.path(q.seq, q.kind)); err == nil {
 			sizes[i] = fi.Size()
 			total += fi.Size()
 		}
 	}
 	for i := 0; total+need > o.maxBytes && i < len(seqs); i++ {
-		var dropped protocol.StateReport
-		if b, err := os.ReadFile(o.entryPath(seqs[i])); err == nil {
+		// Reports and events both carry their count as "dropped".
+		var dropped struct {
+			Dropped uint64 `json:"dropped"`
+		}
+		p := o.path(seqs[i].seq, seqs[i].kind)
+		if b, err := os.ReadFile(p); err == nil {
 			json.Unmarshal(b, &dropped)
 		}
-		if err := os.Remove(o.entryPath(seqs[i])); err != nil {
+		if err := os.Remove(p); err != nil {
 			return err
 		}
 		// A dropped report takes the count it carried with it.
@@ -187,10 +228,11 @@ func (o *Outbox) saveLocked() error {
 	return atomicfile.WriteFile(o.counterPath(), b, 0o600)
 }
 
-// An Entry is one queued report as stored.
+// An Entry is one queued report or event as stored.
 type Entry struct {
 	Seq     uint64
-	Payload []byte
+	Kind    string // protocol.KindState or protocol.KindEvents
+	Payload []byte // a protocol.StateReport or one protocol.Event
 }
 
 // Pending returns the queued reports in sequence order.
@@ -202,22 +244,24 @@ func (o *Outbox) Pending() ([]Entry, error) {
 		return nil, err
 	}
 	out := make([]Entry, 0, len(seqs))
-	for _, seq := range seqs {
-		b, err := readBounded(o.entryPath(seq))
+	for _, q := range seqs {
+		b, err := readBounded(o.path(q.seq, q.kind))
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Entry{Seq: seq, Payload: b})
+		out = append(out, Entry{Seq: q.seq, Kind: q.kind, Payload: b})
 	}
 	return out, nil
 }
 
-// Delivered removes a report the broker acknowledged.
+// Delivered removes a report or event the broker acknowledged.
 func (o *Outbox) Delivered(seq uint64) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if err := os.Remove(o.entryPath(seq)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	for _, p := range []string{o.entryPath(seq), o.eventPath(seq)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	return nil
 }

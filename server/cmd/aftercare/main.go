@@ -78,7 +78,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	root.PersistentFlags().BoolVar(&e.json, "json", false, "print JSON instead of tables")
 	root.PersistentFlags().StringVar(&e.reason, "reason", "", "why you make this change; kept in the audit log")
 	root.AddCommand(keysCmd(e), releaseCmd(e), sitePolicyCmds(e, siteCmd(e)), rolloutCmd(e), patchStateCmd(e), deviceLabelCmd(e, devicesCmd(e)),
-		demoCmd(e), vulnCmd(e), sbomCmd(e), complianceCmd(e), orgsCmd(e), usersCmd(e), tokensCmd(e), auditCmd(e), offlineBundleCmd(e))
+		demoCmd(e), vulnCmd(e), sbomCmd(e), complianceCmd(e), orgsCmd(e), usersCmd(e), tokensCmd(e), auditCmd(e), offlineBundleCmd(e), eventsCmd(e), alertsCmd(e))
 	root.AddCommand(approvalCmds(e)...)
 	root.SetArgs(args)
 	root.SetOut(stdout)

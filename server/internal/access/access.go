@@ -32,9 +32,9 @@ type Role string
 const (
 	RoleAdmin           Role = "admin"            // everything, including users and tokens
 	RoleReleaseEngineer Role = "release_engineer" // releases, repository, rollouts; reads everything
-	RolePSIRT           Role = "psirt"            // vulnerability monitoring, dispositions, device revocation; reads everything
+	RolePSIRT           Role = "psirt"            // vulnerability monitoring, dispositions, device revocation, alerts and alert rules; reads everything
 	RoleAuditor         Role = "auditor"          // reads everything, including the audit log; changes nothing
-	RoleHospitalIT      Role = "hospital_it"      // its own organisation's or sites' sites, devices and findings
+	RoleHospitalIT      Role = "hospital_it"      // its own organisation's or sites' sites, devices, findings, security events and alerts
 )
 
 // Roles lists every role.
@@ -73,25 +73,28 @@ const (
 	UsersRead      Permission = "users:read" // users and token metadata
 	UsersWrite     Permission = "users:write"
 	AuditRead      Permission = "audit:read"
+	EventsRead     Permission = "events:read"       // device security events, timelines, alerts and rules
+	AlertsAck      Permission = "alerts:write"      // acknowledge alerts in scope
+	AlertRulesSet  Permission = "alert_rules:write" // custom alert rules
 )
 
 // Permissions lists every permission a role can hold (not Public or DeviceCert).
 var Permissions = []Permission{OrgsRead, OrgsWrite, SitesRead, SitesWrite, SitesPolicy, SitesApprove, EnrollWrite, DevicesRead, DevicesWrite, DevicesRevoke,
 	ReleasesRead, ReleasesWrite, RepoRead, RepoWrite, RolloutsRead, RolloutsWrite, VulnRead, VulnWrite, DispositionSet,
-	UsersRead, UsersWrite, AuditRead}
+	UsersRead, UsersWrite, AuditRead, EventsRead, AlertsAck, AlertRulesSet}
 
 // IsRead reports whether p only reads.
 func (p Permission) IsRead() bool { return strings.HasSuffix(string(p), ":read") }
 
 // readsEverything is every read permission but the audit log and users.
-var readsEverything = []Permission{OrgsRead, SitesRead, DevicesRead, ReleasesRead, RepoRead, RolloutsRead, VulnRead}
+var readsEverything = []Permission{OrgsRead, SitesRead, DevicesRead, ReleasesRead, RepoRead, RolloutsRead, VulnRead, EventsRead}
 
 // grants is the role table. Admin holds every permission.
 var grants = map[Role][]Permission{
 	RoleReleaseEngineer: append(slices.Clone(readsEverything), ReleasesWrite, RepoWrite, RolloutsWrite, DevicesWrite),
-	RolePSIRT:           append(slices.Clone(readsEverything), VulnWrite, DispositionSet, DevicesRevoke),
+	RolePSIRT:           append(slices.Clone(readsEverything), VulnWrite, DispositionSet, DevicesRevoke, AlertsAck, AlertRulesSet),
 	RoleAuditor:         append(slices.Clone(readsEverything), UsersRead, AuditRead),
-	RoleHospitalIT:      {OrgsRead, SitesRead, DevicesRead, ReleasesRead, VulnRead, EnrollWrite, SitesPolicy, SitesApprove},
+	RoleHospitalIT:      {OrgsRead, SitesRead, DevicesRead, ReleasesRead, VulnRead, EnrollWrite, SitesPolicy, SitesApprove, EventsRead, AlertsAck},
 }
 
 // Allows reports whether role r holds permission p.

@@ -41,6 +41,8 @@ func TestEveryRouteDeclaresAPermission(t *testing.T) {
 		if !ok || perm == "" {
 			t.Errorf("route %s %s declares no permission in the route table (routes.go)", r.Method, r.Path)
 		}
+		// Enrollment takes its one-time token; the device routes take the
+		// device's client certificate (access.DeviceCert), not a token.
 		if perm == access.Public && strings.HasPrefix(r.Path, "/api/v1/") && r.Path != "/api/v1/enroll" {
 			t.Errorf("route %s %s is public; only enrollment is", r.Method, r.Path)
 		}
@@ -56,6 +58,7 @@ type isolation struct {
 	orgA, siteA, deviceA, serialA   string
 	relAOnly, relAssigned, rolloutA string
 	userA, tokenA                   string
+	alertA                          string // raised by St. Mary's device's security events
 	siteB, deviceB, relB            string
 	tokenB                          string // hospital_it of Lakeside
 	secrets                         []string
@@ -164,6 +167,7 @@ func newIsolation(t *testing.T, st *stack) *isolation {
 		"status": "affected", "reason": "St. Mary's build uses the X.400 path"}, nil); code != 201 {
 		t.Fatalf("disposition = %d", code)
 	}
+	iso.alertA = raiseAlert(t, st.store, iso.deviceA, iso.siteA)
 	var secretA, secretB string
 	iso.userA, iso.tokenA, secretA = st.apiUser(t, access.UserRequest{Name: "it-st-mary", Role: "hospital_it", Organisation: iso.orgA})
 	_, _, secretB = st.apiUser(t, access.UserRequest{Name: "it-lakeside", Role: "hospital_it", Organisation: "Lakeside Clinic"})
@@ -180,7 +184,7 @@ func newIsolation(t *testing.T, st *stack) *isolation {
 // Lakeside's IT.
 func (iso *isolation) forbidden() []string {
 	return append([]string{iso.orgA, "St. Mary", iso.siteA, iso.deviceA, iso.serialA, iso.relAOnly, iso.relAssigned, iso.rolloutA,
-		iso.userA, iso.tokenA, "it-st-mary", "0.9.0", "1.1.0"}, iso.secrets...)
+		iso.userA, iso.tokenA, "it-st-mary", "0.9.0", "1.1.0", iso.alertA, "intruder.st-mary.example"}, iso.secrets...)
 }
 
 // fill puts St. Mary's objects into a route's parameters.
@@ -195,6 +199,8 @@ func (iso *isolation) fill(path string) string {
 			seg[i] = iso.siteA
 		case prev == "devices":
 			seg[i] = iso.deviceA
+		case prev == "alerts":
+			seg[i] = iso.alertA
 		case prev == "releases":
 			seg[i] = iso.relAOnly
 		case prev == "users":

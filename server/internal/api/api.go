@@ -35,6 +35,7 @@ import (
 
 	"github.com/aftercare/aftercare/server/internal/access"
 	"github.com/aftercare/aftercare/server/internal/fleet"
+	"github.com/aftercare/aftercare/server/internal/ingest"
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/release"
 	"github.com/aftercare/aftercare/server/internal/rollout"
@@ -59,8 +60,11 @@ type Options struct {
 	Rollouts       *rollout.Engine  // required
 	// FeedSync runs one feed sync for POST /api/v1/vuln/feeds/sync.
 	FeedSync     func(ctx context.Context) (vuln.SyncResult, error)
-	MaxFeedBytes int64            // largest accepted feed file
-	Now          func() time.Time // nil: time.Now; for tests only
+	MaxFeedBytes int64 // largest accepted feed file
+	// IngestStats reports the event ingester's counters for
+	// GET /api/v1/events/ingest; nil answers zeros.
+	IngestStats func() ingest.Stats
+	Now         func() time.Time // nil: time.Now; for tests only
 }
 
 // maxJSONBytes bounds every JSON request body.

@@ -79,6 +79,7 @@ func (h *handlers) routes() []route {
 		{"GET", "/api/v1/audit/verify", access.AuditRead, "", h.verifyAudit},
 	}
 	rs = append(rs, h.rolloutRoutes()...)
+	rs = append(rs, h.eventRoutes()...)
 	return append(rs, h.vulnRoutes()...)
 }
 

@@ -3,7 +3,9 @@
 // reports come in.
 //
 // Reports arrive on a shared subscription ($share/{group}/{prefix}/dev/+/state),
-// so several server replicas split the stream. A report is acknowledged only
+// so several server replicas split the stream; security events likewise on
+// .../events, handed to OnEvents with the function that acknowledges them,
+// which the ingester calls after its group commit. A report is acknowledged only
 // after the handler returned nil, that is after it is durable in the store;
 // a report the handler rejects as malformed is acknowledged too (redelivery
 // would not make it valid) and counted.
@@ -46,7 +48,11 @@ type Options struct {
 	TopicPrefix string // required
 	ShareGroup  string // shared-subscription group; default "aftercare"
 	OnState     Handler
-	Log         *slog.Logger // required
+	// OnEvents takes a message from a device's events topic; it must call
+	// ack once the events are durable (or rejected for good). nil: the
+	// bridge does not subscribe to events.
+	OnEvents func(deviceID string, payload []byte, ack func())
+	Log      *slog.Logger // required
 }
 
 // Bridge is a connected MQTT client. It is safe for concurrent use.
@@ -69,6 +75,10 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 	}
 	b := &Bridge{opts: opts}
 	filter := "$share/" + opts.ShareGroup + "/" + protocol.DeviceWildcard(opts.TopicPrefix, protocol.KindState)
+	filters := map[string]byte{filter: 1}
+	if opts.OnEvents != nil {
+		filters["$share/"+opts.ShareGroup+"/"+protocol.DeviceWildcard(opts.TopicPrefix, protocol.KindEvents)] = 1
+	}
 	co := paho.NewClientOptions().
 		AddBroker(opts.BrokerURL).
 		SetClientID(opts.ClientID).
@@ -84,15 +94,20 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 		SetAutoAckDisabled(true).
 		SetOrderMatters(false).
 		SetKeepAlive(30 * time.Second).
+		// A persistent session makes the broker resend unacknowledged
+		// messages right after CONNACK, before the subscription below is
+		// made again; without a default handler paho drops them unacked
+		// and they stay stuck at the broker until the next reconnect.
+		SetDefaultPublishHandler(b.onMessage).
 		SetOnConnectHandler(func(c paho.Client) {
 			// Subscribe on every connect: a broker without the session
 			// (restarted, or clean) has forgotten the subscription.
-			t := c.Subscribe(filter, 1, b.onMessage)
+			t := c.SubscribeMultiple(filters, b.onMessage)
 			if !t.WaitTimeout(connectTimeout) || t.Error() != nil {
-				opts.Log.Error("subscribe to device reports failed", "filter", filter, "err", t.Error())
+				opts.Log.Error("subscribe to device reports failed", "filters", filters, "err", t.Error())
 				return
 			}
-			opts.Log.Info("subscribed to device reports", "filter", filter)
+			opts.Log.Info("subscribed to device reports", "filters", filters)
 		}).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			opts.Log.Warn("broker connection lost", "err", err)
@@ -116,6 +131,10 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 
 func (b *Bridge) onMessage(_ paho.Client, m paho.Message) {
 	deviceID, kind, err := protocol.ParseDeviceTopic(b.opts.TopicPrefix, m.Topic())
+	if err == nil && kind == protocol.KindEvents && b.opts.OnEvents != nil {
+		b.opts.OnEvents(deviceID, m.Payload(), m.Ack)
+		return
+	}
 	if err != nil || kind != protocol.KindState {
 		b.rejected.Add(1)
 		b.opts.Log.Warn("report on an unexpected topic dropped", "topic", m.Topic())

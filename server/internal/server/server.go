@@ -26,6 +26,7 @@ import (
 	"github.com/aftercare/aftercare/server/internal/config"
 	"github.com/aftercare/aftercare/server/internal/deviceca"
 	"github.com/aftercare/aftercare/server/internal/fleet"
+	"github.com/aftercare/aftercare/server/internal/ingest"
 	"github.com/aftercare/aftercare/server/internal/mqttbridge"
 	"github.com/aftercare/aftercare/server/internal/release"
 	"github.com/aftercare/aftercare/server/internal/rollout"
@@ -50,6 +51,8 @@ type Server struct {
 	store     *store.Store
 	broker    *broker.Broker // nil with an external broker
 	bridge    *mqttbridge.Bridge
+	ingest    *ingest.Ingester
+	endIngest func() // stops the event ingester; nil before it starts
 	ca        *deviceca.CA
 	fleet     *fleet.Service
 	repo      *tufrepo.Repo
@@ -139,6 +142,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		Fleet: fl, Releases: releases, Repo: s.repo, Rollout: s.rollout,
 		Vuln: vulns, FeedSync: s.feedSync(vulns), MaxFeedBytes: cfg.Vuln.MaxFeedBytes,
 		RepoDir: releaseRepoDir(cfg), RolloutDir: rolloutRepoDir(cfg), Access: people, Store: s.store,
+		IngestStats:    s.ingest.Stats,
 		MaxBundleBytes: cfg.MaxBundleBytes, Log: log, Rollouts: s.rollouts,
 	})
 	if err != nil {
@@ -180,10 +184,15 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 
 func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	cfg := s.cfg
+	in, submit, err := s.startIngest()
+	if err != nil {
+		return err
+	}
+	s.ingest = in
 	opts := mqttbridge.Options{
 		BrokerURL: cfg.BrokerURL, ClientID: "aftercare-server-" + instanceID(cfg.DataDir),
 		Username: cfg.BrokerUsername, Password: string(cfg.BrokerPassword),
-		TopicPrefix: cfg.TopicPrefix, ShareGroup: cfg.ShareGroup, OnState: fl.RecordReport, Log: s.log.With("component", "mqtt"),
+		TopicPrefix: cfg.TopicPrefix, ShareGroup: cfg.ShareGroup, OnState: fl.RecordReport, OnEvents: submit, Log: s.log.With("component", "mqtt"),
 	}
 	deviceBroker := cfg.DeviceBrokerURL
 	if cfg.BrokerURL == "" {
@@ -424,6 +433,9 @@ func (s *Server) closeParts() {
 	}
 	if s.bridge != nil {
 		s.bridge.Close()
+	}
+	if s.endIngest != nil {
+		s.endIngest()
 	}
 	if s.broker != nil {
 		s.broker.Close()

