@@ -54,7 +54,7 @@ type DeviceAuthenticator func(ctx context.Context, deviceID string, cert *x509.C
 type Limits struct {
 	MaxPacketBytes   uint32        // largest MQTT packet; default 256 KiB
 	MaxClients       int64         // connected clients; default 100,000
-	MaxInflight      uint16        // QoS>0 messages held per client; default 1024
+	MaxInflight      uint16        // QoS>0 messages held per client; default 65,535
 	ReceiveMaximum   uint16        // concurrent QoS>0 publishes per client; default 64
 	MaxSessionExpiry time.Duration // how long a disconnected session is kept; default 7 days
 }
@@ -62,9 +62,15 @@ type Limits struct {
 // DefaultLimits returns the limits used for zero fields.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxPacketBytes:   256 << 10, // device payloads are at most protocol.MaxPayloadBytes
-		MaxClients:       100_000,
-		MaxInflight:      1024,
+		MaxPacketBytes: 256 << 10, // device payloads are at most protocol.MaxPayloadBytes
+		MaxClients:     100_000,
+		// mochi has one cap for every client, and the server's shared
+		// subscription holds every device's unacknowledged reports while
+		// the ingester commits them (it acknowledges only after commit):
+		// over the cap mochi drops messages the devices were already told
+		// had arrived. Devices receive only their hints, so the large cap
+		// lets a device hold no more than before.
+		MaxInflight:      65535,
 		ReceiveMaximum:   64,
 		MaxSessionExpiry: 7 * 24 * time.Hour,
 	}
