@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,22 +112,35 @@ type deviceReport struct {
 	State string `json:"state"`
 }
 
+// timelineEntry is a report or a security event on a device's timeline.
+type timelineEntry struct {
+	Kind   string        `json:"kind"` // "report" or "event"
+	Seq    int           `json:"seq"`
+	Report *deviceReport `json:"report"`
+}
+
 // reportsOf returns the device's reports as the server holds them, after
-// checking they are numbered 1..n: none lost, none counted twice.
+// checking that reports and security events, which share one sequence,
+// are numbered 1..n together: none lost, none counted twice.
 func reportsOf(t *testing.T, s *server, deviceID string) []deviceReport {
 	t.Helper()
-	var detail struct {
-		Reports []deviceReport `json:"reports"`
+	var tl struct {
+		Timeline []timelineEntry `json:"timeline"`
 	}
-	if code, err := (&httpJSON{s}).get(t, "/api/v1/devices/"+deviceID, &detail); err != nil || code != 200 {
-		t.Fatalf("GET device %s: %d %v", deviceID, code, err)
+	if code, err := (&httpJSON{s}).get(t, "/api/v1/devices/"+deviceID+"/timeline", &tl); err != nil || code != 200 {
+		t.Fatalf("GET timeline of %s: %d %v", deviceID, code, err)
 	}
-	for i, r := range detail.Reports {
-		if r.Seq != i+1 {
-			t.Fatalf("report %d has seq %d: reports were lost or counted twice: %+v", i, r.Seq, detail.Reports)
+	slices.SortFunc(tl.Timeline, func(a, b timelineEntry) int { return a.Seq - b.Seq })
+	var reports []deviceReport
+	for i, e := range tl.Timeline {
+		if e.Seq != i+1 {
+			t.Fatalf("timeline entry %d (%s) has seq %d: reports or events were lost or counted twice: %+v", i, e.Kind, e.Seq, tl.Timeline)
+		}
+		if e.Kind == "report" && e.Report != nil {
+			reports = append(reports, *e.Report)
 		}
 	}
-	return detail.Reports
+	return reports
 }
 
 func states(rs []deviceReport) string {
