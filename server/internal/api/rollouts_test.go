@@ -1,11 +1,14 @@
 package api_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/aftercare/aftercare/server/internal/store"
 )
 
 // TestStagedRolloutRoutes plays a release engineer and a hospital's IT
@@ -124,6 +127,25 @@ func TestStagedRolloutRoutes(t *testing.T) {
 	}
 	if code := st.call(t, http.MethodGet, "/api/v1/rollouts", "", "", nil, nil); code != 401 {
 		t.Fatalf("GET rollouts without a token = %d, want 401", code)
+	}
+	// Every decision above is in the audit log, refused ones too, with who
+	// and why.
+	got := map[string]string{}
+	es, err := st.store.AuditEntries(context.Background(), store.AuditFilter{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		got[e.Action+" "+e.Outcome] = e.Actor + ": " + e.Reason
+	}
+	for _, want := range []string{"site.policy done", "rollout.create done", "site.defer denied", "site.approve done",
+		"rollout.pause done", "rollout.rollback denied"} {
+		if _, ok := got[want]; !ok {
+			t.Errorf("audit log lacks %q; it has %v", want, got)
+		}
+	}
+	if why := got["rollout.pause done"]; why != "admin: hold for review" {
+		t.Errorf("pause entry = %q, want the actor and the reason", why)
 	}
 }
 
