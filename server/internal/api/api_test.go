@@ -125,7 +125,7 @@ func newStackWith(t *testing.T, s *store.Store, now func() time.Time) *stack {
 		t.Fatal(err)
 	}
 	st.crlPath = filepath.Join(st.dataDir, deviceca.CRLFile)
-	fl, err := fleet.New(fleet.Options{Store: st.store, Log: log, Publisher: rollout, CA: st.ca, CRLPath: st.crlPath})
+	fl, err := fleet.New(fleet.Options{Store: st.store, Log: log, CA: st.ca, CRLPath: st.crlPath})
 	if err != nil {
 		t.Fatal(err)
 	}

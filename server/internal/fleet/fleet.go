@@ -22,7 +22,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/aftercare/aftercare/firmware"
 	"github.com/aftercare/aftercare/protocol"
 	"github.com/aftercare/aftercare/server/internal/audit"
 	"github.com/aftercare/aftercare/server/internal/deviceca"
@@ -30,29 +29,10 @@ import (
 	"github.com/aftercare/aftercare/server/internal/store"
 )
 
-// A Hinter nudges a device to check for its assignment now.
-type Hinter interface {
-	Hint(ctx context.Context, deviceID, reason string) error
-}
-
-// An AssignmentPublisher is told after every change of device assignments
-// (the assignments table is the single record of which device should run
-// which release), so it can publish them to the devices, e.g. as the TUF
-// rollout repository.
-type AssignmentPublisher interface {
-	AssignmentsChanged(ctx context.Context, deviceIDs []string) error
-}
-
 // Options configures a Service.
 type Options struct {
 	Store *store.Store // required
 	Log   *slog.Logger // required
-	// Hints is where rollouts send hints; nil until the broker is
-	// connected, see SetHinter.
-	Hints Hinter
-	// Publisher is told about every change of assignments; nil publishes
-	// nothing beyond the store.
-	Publisher AssignmentPublisher
 	// TopicPrefix is the MQTT topic prefix enrolling devices are told to
 	// use; default protocol.DefaultTopicPrefix.
 	TopicPrefix string
@@ -74,7 +54,6 @@ type Service struct {
 	opts Options
 
 	mu           sync.Mutex
-	hints        Hinter // guarded by mu
 	deviceBroker string // guarded by mu
 	cutoff       Cutoff // guarded by mu
 	crlNumber    int64  // guarded by mu
@@ -97,20 +76,13 @@ func New(opts Options) (*Service, error) {
 	if opts.TopicPrefix == "" {
 		opts.TopicPrefix = protocol.DefaultTopicPrefix
 	}
-	return &Service{opts: opts, hints: opts.Hints}, nil
+	return &Service{opts: opts}, nil
 }
 
 // SetDeviceBroker sets the broker URL enrolling devices are told to use.
 func (s *Service) SetDeviceBroker(url string) {
 	s.mu.Lock()
 	s.deviceBroker = url
-	s.mu.Unlock()
-}
-
-// SetHinter sets where hints go, once the broker connection exists.
-func (s *Service) SetHinter(h Hinter) {
-	s.mu.Lock()
-	s.hints = h
 	s.mu.Unlock()
 }
 
@@ -195,94 +167,6 @@ func (s *Service) CreateEnrollmentTokens(ctx context.Context, siteID string, n i
 		}
 	}
 	return tokens, expires, nil
-}
-
-// RolloutRequest asks for a release to be rolled out.
-type RolloutRequest struct {
-	ReleaseID string   `json:"release_id"`
-	Models    []string `json:"models,omitempty"`   // default: the release's models
-	SiteIDs   []string `json:"site_ids,omitempty"` // default: every site
-}
-
-// CreateRollout assigns a release to the devices of the chosen models and
-// sites that it applies to and that do not already run a newer version,
-// then hints each of them.
-func (s *Service) CreateRollout(ctx context.Context, req RolloutRequest) (store.Rollout, error) {
-	rel, err := s.opts.Store.Release(ctx, req.ReleaseID)
-	if errors.Is(err, problem.ErrNotFound) {
-		return store.Rollout{}, problem.Invalid(fmt.Sprintf("release_id %q names no release", req.ReleaseID))
-	}
-	if err != nil {
-		return store.Rollout{}, err
-	}
-	var problems []string
-	for _, m := range req.Models {
-		if !firmware.ValidName(m) || !contains(rel.Manifest.Models, m) {
-			problems = append(problems, fmt.Sprintf("model %q is not one the release installs on (%s)", m, strings.Join(rel.Manifest.Models, ", ")))
-		}
-	}
-	for _, id := range req.SiteIDs {
-		if _, err := s.opts.Store.Site(ctx, id); errors.Is(err, problem.ErrNotFound) {
-			problems = append(problems, fmt.Sprintf("site_ids: %q names no site", id))
-		} else if err != nil {
-			return store.Rollout{}, err
-		}
-	}
-	if err := problem.Invalid(problems...); err != nil {
-		return store.Rollout{}, err
-	}
-	sel := store.Selector{Models: req.Models, SiteIDs: req.SiteIDs}
-	if len(sel.Models) == 0 {
-		sel.Models = rel.Manifest.Models
-	}
-	devices, err := s.opts.Store.Devices(ctx, store.DeviceFilter{Models: sel.Models, SiteIDs: sel.SiteIDs})
-	if err != nil {
-		return store.Rollout{}, err
-	}
-	r := store.Rollout{ID: uuid.NewString(), ReleaseID: rel.ID, Selector: sel, CreatedAt: s.opts.Now(), Devices: []string{}}
-	for _, d := range devices {
-		// A rollout never asks a device to go back to an older version;
-		// that takes a release signed for rollback.
-		if !rel.Manifest.AppliesTo(d.Model, d.HardwareRevision) || firmware.CompareVersions(rel.Version, d.InstalledVersion) < 0 {
-			continue
-		}
-		r.Devices = append(r.Devices, d.ID)
-	}
-	if err := s.opts.Store.CreateRollout(ctx, r); err != nil {
-		return store.Rollout{}, err
-	}
-	s.opts.Log.Info("rollout created", "rollout_id", r.ID, "release", rel.ID, "devices", len(r.Devices))
-	if s.opts.Publisher != nil {
-		if err := s.opts.Publisher.AssignmentsChanged(ctx, r.Devices); err != nil {
-			return store.Rollout{}, fmt.Errorf("publish assignments: %w", err)
-		}
-	}
-	s.hintAll(ctx, r.Devices, "rollout")
-	return r, nil
-}
-
-func (s *Service) hintAll(ctx context.Context, deviceIDs []string, reason string) {
-	s.mu.Lock()
-	h := s.hints
-	s.mu.Unlock()
-	if h == nil {
-		return
-	}
-	for _, id := range deviceIDs {
-		if err := h.Hint(ctx, id, reason); err != nil {
-			// Devices poll too; a lost hint only delays them.
-			s.opts.Log.Warn("hint not sent", "device_id", id, "err", err)
-		}
-	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // RecordReport parses and stores a state report a device sent over MQTT.

@@ -117,7 +117,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 		return nil, err
 	}
 	fl, err := fleet.New(fleet.Options{
-		Store: s.store, Log: log, TopicPrefix: cfg.TopicPrefix, Publisher: s.rollout,
+		Store: s.store, Log: log, TopicPrefix: cfg.TopicPrefix,
 		CA: s.ca, CertValidity: cfg.DeviceCertValidity, CRLPath: filepath.Join(cfg.DataDir, deviceca.CRLFile),
 	})
 	if err != nil {
@@ -220,7 +220,6 @@ func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 		return err
 	}
 	s.bridge = bridge
-	fl.SetHinter(bridge)
 	s.rollouts.SetHinter(bridge)
 	return nil
 }

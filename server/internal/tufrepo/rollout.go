@@ -70,8 +70,8 @@ type RolloutOptions struct {
 	Log             *slog.Logger     // required
 }
 
-// Rollout is the rollout repository. It implements the fleet's
-// AssignmentPublisher.
+// Rollout is the rollout repository. It implements the rollout engine's
+// Publisher.
 type Rollout struct {
 	opts RolloutOptions
 
