@@ -59,16 +59,8 @@ func eventsCmd(e *env) *cobra.Command {
 		Short: "List security events (hospital IT sees only its sites)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/events?"+lq.values().Encode(), &raw); err != nil {
-				return err
-			}
 			var out struct{ Events []store.StoredEvent }
-			return e.show(raw, &out, func(w io.Writer) { printEvents(w, out.Events) })
+			return e.getShow(cmd.Context(), "/api/v1/events?"+lq.values().Encode(), &out, func(w io.Writer) { printEvents(w, out.Events) })
 		},
 	}
 	lq.flags(list, true)
@@ -79,16 +71,8 @@ func eventsCmd(e *env) *cobra.Command {
 		Short: "One device's events and state reports in time order, with the gaps in its sequence",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/devices/"+url.PathEscape(args[0])+"/timeline?"+tq.values().Encode(), &raw); err != nil {
-				return err
-			}
 			var out timelineAnswer
-			return e.show(raw, &out, func(w io.Writer) { printTimeline(w, out) })
+			return e.getShow(cmd.Context(), "/api/v1/devices/"+url.PathEscape(args[0])+"/timeline?"+tq.values().Encode(), &out, func(w io.Writer) { printTimeline(w, out) })
 		},
 	}
 	tq.flags(timeline, false)
@@ -286,16 +270,8 @@ func rulesCmd(e *env) *cobra.Command {
 		Short: "List alert rules (built-in and custom)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/alert-rules", &raw); err != nil {
-				return err
-			}
 			var out struct{ Rules []store.AlertRule }
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/alert-rules", &out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tCATEGORY\tMIN SEVERITY\tEVENT\tTHRESHOLD\tWINDOW\tBUILT-IN\tNAME")
 				for _, r := range out.Rules {

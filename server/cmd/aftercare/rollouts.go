@@ -214,16 +214,8 @@ func rolloutCmd(e *env) *cobra.Command {
 		Short: "Show a rollout and each device of its cohort",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/rollouts/"+url.PathEscape(args[0]), &raw); err != nil {
-				return err
-			}
 			var out rolloutView
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/rollouts/"+url.PathEscape(args[0]), &out, func(w io.Writer) {
 				out.summary(w)
 				for _, d := range out.Decisions {
 					fmt.Fprintf(w, "  site %s %s by %s: %s", d.SiteID, d.Decision, d.Actor, d.Reason)
@@ -366,16 +358,8 @@ func sitePolicyCmds(e *env, site *cobra.Command) *cobra.Command {
 		Short: "Show a site's approval policy and maintenance windows",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/policy", &raw); err != nil {
-				return err
-			}
 			var out sitePolicyView
-			return e.show(raw, &out, func(w io.Writer) { out.print(w) })
+			return e.getShow(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/policy", &out, func(w io.Writer) { out.print(w) })
 		},
 	}
 	policy.AddCommand(set, showPolicy)
@@ -487,16 +471,8 @@ func approvalCmds(e *env) []*cobra.Command {
 		Short: "List the patches waiting for a site's decision, with release notes and severity",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/pending", &raw); err != nil {
-				return err
-			}
 			var out pendingView
-			return e.show(raw, &out, func(w io.Writer) { out.print(w) })
+			return e.getShow(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/pending", &out, func(w io.Writer) { out.print(w) })
 		},
 	}
 	decide := func(action, short string) *cobra.Command {
