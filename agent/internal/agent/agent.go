@@ -266,6 +266,8 @@ func (a *Agent) afterBoot(ctx context.Context) error {
 		a.event(protocol.CategoryUpdate, protocol.SeverityError, "install rolled back: "+out.Reason,
 			map[string]string{"event": "rollback", "rollout_id": j.RolloutID, "target": j.Target, "version": j.Version})
 		a.state.refuse(j.RolloutID, j.Target, out.Reason)
+	case install.Waiting:
+		a.report(protocol.StateVerified, j.Target, j.Version, out.Reason)
 	case install.Interrupted:
 		// A write that resumes is still downloading; one that cannot has
 		// failed and starts over at the next check.
@@ -323,7 +325,7 @@ func (a *Agent) check(ctx context.Context) error {
 		return a.refuseOrRetry(ctx, asg.RolloutID, t.Path, t.Manifest.Version, err)
 	}
 	job := install.Job{RolloutID: asg.RolloutID, Target: t.Path, Version: t.Manifest.Version, Image: t.Manifest.Image}
-	slot, ok := a.written(job)
+	slot, ok := a.written(ctx, job)
 	if !ok {
 		a.problem = "" // the download report below says where the device stands
 		a.report(protocol.StateDownloading, job.Target, job.Version, "")

@@ -26,7 +26,8 @@ const (
 
 // heldInstall is an image written to the inactive slot, waiting to be
 // armed. The agent is the only writer of the inactive slot, so while it
-// runs the slot keeps what was written; after a restart it downloads again.
+// runs the slot keeps what was written; after a restart the installer's
+// journal says what the slot holds, and a read-back confirms it.
 type heldInstall struct {
 	job    install.Job
 	slot   firmware.Slot
@@ -35,12 +36,12 @@ type heldInstall struct {
 }
 
 // written returns the slot already holding job's image, if any.
-func (a *Agent) written(job install.Job) (firmware.Slot, bool) {
-	if a.held == nil || a.held.job.Target != job.Target || a.held.job.RolloutID != job.RolloutID {
-		a.held = nil
-		return "", false
+func (a *Agent) written(ctx context.Context, job install.Job) (firmware.Slot, bool) {
+	if a.held != nil && a.held.job.Target == job.Target && a.held.job.RolloutID == job.RolloutID {
+		return a.held.slot, true
 	}
-	return a.held.slot, true
+	a.held = nil
+	return a.inst.Written(ctx, job)
 }
 
 // mayInstall returns "" when the device may arm its new slot and reboot

@@ -110,3 +110,90 @@ func TestBusyHookHoldsTheInstall(t *testing.T) {
 		t.Fatalf("check() once free = %v, want ErrReboot", err)
 	}
 }
+
+// An agent that restarts while its verified image waits for the window
+// arms that image once the window opens, without downloading it again;
+// an image changed in the slot meanwhile is downloaded again.
+func TestWaitingImageSurvivesAnAgentRestart(t *testing.T) {
+	sim := reposim.New(t)
+	m := sim.AddRelease("1.1.0", false, "pump-x1")
+	sim.Publish(sim.Release)
+	start := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	sim.AssignInWindows(testDeviceID, "rollout-1", m.TargetPath(), []protocol.Window{{Start: start, End: start.Add(time.Hour)}})
+	sim.Publish(sim.Rollout)
+	a := newTestAgent(t, sim, "", slowread.Limits{})
+	ctx := context.Background()
+	if err := a.check(ctx); err != nil {
+		t.Fatalf("check() outside the window = %v, want nil (waiting)", err)
+	}
+	restart := func() {
+		t.Helper()
+		next, err := New(a.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Agent = next
+		if err := a.afterBoot(ctx); err != nil {
+			t.Fatalf("afterBoot() after the restart = %v", err)
+		}
+	}
+	restart()
+	got := a.states(t)
+	if last := got[len(got)-1]; !strings.HasPrefix(last, "verified:slot b holds the verified image") {
+		t.Fatalf("reports %q: after the restart want verified, waiting to be armed", got)
+	}
+	if err := a.check(ctx); err != nil {
+		t.Fatalf("check() after the restart = %v, want nil (waiting)", err)
+	}
+	if n := sim.Requests(imageFile(m)); n != 1 {
+		t.Fatalf("the image was fetched %d times after the restart, want once in all", n)
+	}
+	a.opts.Now = func() time.Time { return start.Add(time.Minute) }
+	restart()
+	if err := a.check(ctx); !errors.Is(err, ErrReboot) {
+		t.Fatalf("check() inside the window after a restart = %v, want ErrReboot", err)
+	}
+	if n := sim.Requests(imageFile(m)); n != 1 {
+		t.Fatalf("the image was fetched %d times before arming, want once", n)
+	}
+	if slot, err := a.boot.PowerOn(); err != nil || slot != firmware.SlotB {
+		t.Fatalf("after arming the device booted %s (%v), want b", slot, err)
+	}
+}
+
+func TestWaitingImageChangedInTheSlotIsDownloadedAgain(t *testing.T) {
+	sim := reposim.New(t)
+	m := sim.AddRelease("1.1.0", false, "pump-x1")
+	sim.Publish(sim.Release)
+	start := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	sim.AssignInWindows(testDeviceID, "rollout-1", m.TargetPath(), []protocol.Window{{Start: start, End: start.Add(time.Hour)}})
+	sim.Publish(sim.Rollout)
+	a := newTestAgent(t, sim, "", slowread.Limits{})
+	ctx := context.Background()
+	if err := a.check(ctx); err != nil {
+		t.Fatalf("check() outside the window = %v, want nil (waiting)", err)
+	}
+	f, err := os.OpenFile(a.opts.Slots[firmware.SlotB], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("flipped"), 100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	next, err := New(a.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Agent = next
+	a.opts.Now = func() time.Time { return start.Add(time.Minute) }
+	if err := a.afterBoot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.check(ctx); !errors.Is(err, ErrReboot) {
+		t.Fatalf("check() inside the window = %v, want ErrReboot", err)
+	}
+	if n := sim.Requests(imageFile(m)); n != 2 {
+		t.Fatalf("the image was fetched %d times, want twice (the changed slot is written again)", n)
+	}
+}

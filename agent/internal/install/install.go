@@ -55,6 +55,7 @@ type Phase string
 // The phases an install passes through.
 const (
 	PhaseWriting      Phase = "writing"       // the slot is being overwritten
+	PhaseVerified     Phase = "verified"      // written and read back; waits to be armed (maintenance window, busy device)
 	PhaseArmed        Phase = "armed"         // verified, the bootloader will try it once
 	PhaseHealthFailed Phase = "health-failed" // booted but unhealthy; waiting for the fallback boot
 )
@@ -270,6 +271,7 @@ const (
 	Unhealthy   OutcomeKind = "unhealthy"   // booted the new slot, health check failed: reboot to fall back
 	RolledBack  OutcomeKind = "rolled-back" // the bootloader booted the old slot
 	Interrupted OutcomeKind = "interrupted" // the agent stopped while writing the slot
+	Waiting     OutcomeKind = "waiting"     // a verified image waits in the inactive slot to be armed
 )
 
 // AfterBoot finishes an install the journal says was in progress: it runs
@@ -309,6 +311,15 @@ func (i *Installer) AfterBoot(ctx context.Context, health func(context.Context, 
 			i.opts.Log.Info("install interrupted", "target", j.Job.Target, "slot", j.Slot, "resume_from", c.At.Stored)
 			return out, nil
 		}
+	case j.Phase == PhaseVerified && booted != j.Slot:
+		// The agent restarted (or the old slot rebooted) while a written
+		// image waited for its window: keep it, Written checks it again.
+		if err := i.markGood(); err != nil {
+			return Outcome{}, err
+		}
+		out.Kind, out.Reason = Waiting, "slot "+string(j.Slot)+" holds the verified image and waits to be armed"
+		i.opts.Log.Info("verified install waits", "target", j.Job.Target, "slot", j.Slot)
+		return out, nil
 	case booted != j.Slot:
 		out.Kind = RolledBack
 		out.Reason = j.Reason
@@ -374,16 +385,40 @@ func (i *Installer) clearJournal() error {
 	return atomicfile.SyncDir(i.opts.Dir)
 }
 
-// Abandon drops an interrupted write (its journal and checkpoint) that no
-// install will resume, for when the assignment changed or went away. It
-// leaves an armed or booted install alone.
+// Abandon drops an interrupted write (its journal and checkpoint), or a
+// verified image waiting to be armed, that no install will use, for when
+// the assignment changed or went away. It leaves an armed or booted
+// install alone.
 func (i *Installer) Abandon() error {
 	var j journal
-	if err := readJSON(i.journalPath(), &j); err != nil || j.Phase != PhaseWriting {
+	if err := readJSON(i.journalPath(), &j); err != nil || (j.Phase != PhaseWriting && j.Phase != PhaseVerified) {
 		return nil
 	}
-	i.opts.Log.Info("interrupted install abandoned", "target", j.Job.Target, "slot", j.Slot)
+	i.opts.Log.Info("unarmed install abandoned", "phase", j.Phase, "target", j.Job.Target, "slot", j.Slot)
 	return i.clearJournal()
+}
+
+// Written returns the inactive slot when an earlier Install, before the
+// agent restarted, left job's image there verified and waiting to be
+// armed, and the slot still reads back as that image. Otherwise it drops
+// the stale record and the caller installs again.
+func (i *Installer) Written(ctx context.Context, job Job) (firmware.Slot, bool) {
+	var j journal
+	if err := readJSON(i.journalPath(), &j); err != nil || j.Phase != PhaseVerified {
+		return "", false
+	}
+	booted, err := i.opts.Boot.Booted()
+	if err != nil || j.Slot != booted.Other() || j.Job.Target != job.Target || j.Job.Image != job.Image {
+		return "", false
+	}
+	if err := i.readBack(ctx, j.Slot, job.Image); err != nil {
+		i.opts.Log.Warn("the waiting image no longer reads back; it is downloaded again", "target", job.Target, "slot", j.Slot, "err", err)
+		if err := i.clearJournal(); err != nil {
+			i.opts.Log.Warn("cannot drop the waiting install", "err", err)
+		}
+		return "", false
+	}
+	return j.Slot, true
 }
 
 // maxStateBytes bounds the agent's own state files.

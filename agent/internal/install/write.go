@@ -155,6 +155,14 @@ func (i *Installer) Install(ctx context.Context, fetch Fetch, job Job) (firmware
 		return "", err
 	}
 	i.hook(PointVerified)
+	// Record the verified image, so an agent that restarts while the
+	// install waits for its window arms it without downloading it again.
+	if err := writeJSON(i.journalPath(), journal{Format: stateFormat, Phase: PhaseVerified, Slot: slot, Job: job, Started: i.opts.Now()}); err != nil {
+		return "", err
+	}
+	if err := i.clearCheckpoint(); err != nil {
+		return "", err
+	}
 	return slot, nil
 }
 
