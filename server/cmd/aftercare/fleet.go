@@ -132,25 +132,15 @@ func patchStateCmd(e *env) *cobra.Command {
 		Short: "Show per-site patch state, or every device of one site with --site",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
 			if siteID != "" {
-				if err := c.getJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(siteID)+"/patch-state", &raw); err != nil {
-					return err
-				}
 				var sp sitePatch
-				return e.show(raw, &sp, func(w io.Writer) { printSitePatch(w, sp) })
-			}
-			if err := c.getJSON(cmd.Context(), "/api/v1/patch-state", &raw); err != nil {
-				return err
+				return e.getShow(cmd.Context(), "/api/v1/sites/"+url.PathEscape(siteID)+"/patch-state", &sp,
+					func(w io.Writer) { printSitePatch(w, sp) })
 			}
 			var out struct {
 				Sites []sitePatch `json:"sites"`
 			}
-			return e.show(raw, &out, func(w io.Writer) { printSummary(w, out.Sites) })
+			return e.getShow(cmd.Context(), "/api/v1/patch-state", &out, func(w io.Writer) { printSummary(w, out.Sites) })
 		},
 	}
 	cmd.Flags().StringVar(&siteID, "site", "", "site ID: list its devices")

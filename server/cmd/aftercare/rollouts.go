@@ -554,17 +554,9 @@ func complianceCmd(e *env) *cobra.Command {
 		Short: "Show per-site compliance (current, pending, failed, declined, deferred), or every device of one site with --site",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
 			if siteID != "" {
-				if err := c.getJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(siteID)+"/compliance", &raw); err != nil {
-					return err
-				}
 				var out complianceSite
-				return e.show(raw, &out, func(w io.Writer) {
+				return e.getShow(cmd.Context(), "/api/v1/sites/"+url.PathEscape(siteID)+"/compliance", &out, func(w io.Writer) {
 					printCompliance(w, []complianceSite{out})
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "DEVICE\tINSTALLED\tTARGET\tSTATUS\tREASON")
@@ -573,9 +565,6 @@ func complianceCmd(e *env) *cobra.Command {
 					}
 					tw.Flush()
 				})
-			}
-			if err := c.getJSON(cmd.Context(), "/api/v1/compliance", &raw); err != nil {
-				return err
 			}
 			var out struct {
 				Sites         []complianceSite `json:"sites"`
@@ -587,7 +576,7 @@ func complianceCmd(e *env) *cobra.Command {
 					} `json:"counts"`
 				} `json:"organisations"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/compliance", &out, func(w io.Writer) {
 				printCompliance(w, out.Sites)
 				for _, o := range out.Organisations {
 					c := o.Counts
