@@ -390,7 +390,7 @@ func (s *Server) refreshRepo(ctx context.Context) {
 	t := time.NewTicker(repoRefreshInterval)
 	defer t.Stop()
 	for {
-		if err := s.repo.Refresh(); err != nil {
+		if err := s.repo.Refresh(ctx); err != nil {
 			s.log.Error("re-signing release repository metadata failed", "err", err)
 		}
 		if err := s.rollout.Refresh(ctx); err != nil {
