@@ -84,6 +84,18 @@ const (
 // finishedStates are those after which a device may join another rollout.
 var finishedStates = []string{string(DeviceSucceeded), string(DeviceFailed), string(DeviceCancelled), string(DeviceDeclined)}
 
+// EventKind names what the scheduler did by itself (store.RolloutEvent).
+type EventKind string
+
+// The kinds of rollout events.
+const (
+	EventWaveOpened       EventKind = "wave.opened"
+	EventHalted           EventKind = "rollout.halted"
+	EventCompleted        EventKind = "rollout.completed"
+	EventDeferralReminder EventKind = "deferral.reminder" // a site's deferral ends soon
+	EventDeferralEnded    EventKind = "deferral.ended"    // its devices await approval again
+)
+
 // A Decision is one human decision, for the audit log.
 type Decision struct {
 	Action    string    `json:"action"` // "rollout.create", "rollout.pause", "site.approve", ...
@@ -131,6 +143,10 @@ type Options struct {
 	// MaxDeferral is the longest deferral per severity, counted from the
 	// rollout's creation; nil means DefaultMaxDeferral.
 	MaxDeferral map[string]time.Duration
+	// DeferralReminder is how long before a deferral ends the scheduler
+	// records a reminder event; 0 records none (the end is recorded
+	// still).
+	DeferralReminder time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// TickInterval is how often Run steps; default 10s.

@@ -169,6 +169,8 @@ type TickUpdate struct {
 	// ReleaseID is the release assigned to Assign.
 	ReleaseID string
 	At        time.Time
+	// Events are what the step did by itself, recorded with it.
+	Events []RolloutEvent
 }
 
 // ApplyTick writes u in one transaction. It fails with problem.ErrConflict,
@@ -213,7 +215,7 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) e
 				return fmt.Errorf("withdraw assignment of %s: %w", id, err)
 			}
 		}
-		return nil
+		return insertRolloutEvents(ctx, q, u.Events)
 	})
 }
 
