@@ -66,12 +66,19 @@ type state struct {
 	// orig is each device's wave, state and reason as loaded: a step
 	// writes only the devices whose final values differ.
 	orig map[string][3]string
-	// events are what this step did by itself, recorded with it.
-	events []store.RolloutEvent
+	// recorded are the keys of the rollout's events as loaded; events are
+	// the new ones of this step, written with it.
+	recorded map[string]bool
+	events   []store.RolloutEvent
 }
 
-// record notes an event of the step; key names it once per rollout.
+// record notes an event of the step unless the rollout recorded its key
+// before.
 func (st *state) record(kind EventKind, key, siteID, detail string, now time.Time) {
+	if st.recorded[key] {
+		return
+	}
+	st.recorded[key] = true
 	st.events = append(st.events, store.RolloutEvent{RolloutID: st.r.ID, Key: key, Kind: string(kind), SiteID: siteID, Detail: detail, At: now})
 }
 
@@ -98,6 +105,9 @@ func (e *Engine) load(ctx context.Context, id string) (*state, error) {
 		return nil, err
 	}
 	if st.devices, err = e.opts.Store.RolloutDevices(ctx, id); err != nil {
+		return nil, err
+	}
+	if st.recorded, err = e.opts.Store.RolloutEventKeys(ctx, id); err != nil {
 		return nil, err
 	}
 	for _, d := range st.devices {
@@ -450,7 +460,7 @@ func (e *Engine) deferralEvents(st *state, bySite map[string]store.SiteDecision,
 				fmt.Sprintf("the deferral by %s ended %s; the site's devices await approval again", dec.Actor, until), now)
 		case e.opts.DeferralReminder > 0 && dec.DeferredUntil.Sub(now) <= e.opts.DeferralReminder:
 			st.record(EventDeferralReminder, "deferral-reminder/"+site+"/"+until, site,
-				fmt.Sprintf("the deferral by %s ends %s (in %s): approve, defer again or decline", dec.Actor, until, dec.DeferredUntil.Sub(now).Round(time.Minute)), now)
+				fmt.Sprintf("the deferral by %s ends %s (in %s): approve, defer again or decline", dec.Actor, until, dec.DeferredUntil.Sub(now).Round(time.Second)), now)
 		}
 	}
 }

@@ -18,16 +18,34 @@ type RolloutEvent struct {
 	At        time.Time `json:"at"`
 }
 
-// insertRolloutEvents records events; one whose key the rollout recorded
-// already is left as it was.
+// insertRolloutEvents records events. A key the rollout recorded already
+// fails the transaction: the step that made it was based on a stale read.
 func insertRolloutEvents(ctx context.Context, q *txq, events []RolloutEvent) error {
 	for _, e := range events {
-		if _, err := q.exec(ctx, `INSERT INTO rollout_events (rollout_id, event_key, kind, site_id, detail, at) VALUES (?, ?, ?, ?, ?, ?)
-			ON CONFLICT (rollout_id, event_key) DO NOTHING`, e.RolloutID, e.Key, e.Kind, e.SiteID, e.Detail, formatTime(e.At)); err != nil {
+		if _, err := q.exec(ctx, `INSERT INTO rollout_events (rollout_id, event_key, kind, site_id, detail, at) VALUES (?, ?, ?, ?, ?, ?)`,
+			e.RolloutID, e.Key, e.Kind, e.SiteID, e.Detail, formatTime(e.At)); err != nil {
 			return fmt.Errorf("record rollout event %s: %w", e.Key, err)
 		}
 	}
 	return nil
+}
+
+// RolloutEventKeys returns the keys of a rollout's events.
+func (s *Store) RolloutEventKeys(ctx context.Context, rolloutID string) (map[string]bool, error) {
+	rows, err := s.direct().query(ctx, `SELECT event_key FROM rollout_events WHERE rollout_id = ?`, rolloutID)
+	if err != nil {
+		return nil, fmt.Errorf("list rollout event keys: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, err
+		}
+		out[k] = true
+	}
+	return out, rows.Err()
 }
 
 // RolloutEvents returns the events of a rollout (all when rolloutID is

@@ -3,8 +3,8 @@
 -- site's deferral nears its end (reminder) or ended. Human decisions go to
 -- the audit log instead. A step writes its events in the transaction that
 -- writes the step, and key names an event once per rollout (e.g. "wave/2",
--- "deferral-ended/site-a/2026-01-02T03:04:05Z"), so a step repeated by a
--- second replica can neither commit twice nor record twice.
+-- "deferral-ended/site-a/2026-01-02T03:04:05Z"): a step based on a stale
+-- read, e.g. of a second replica, fails instead of recording twice.
 CREATE TABLE rollout_events (
     rollout_id TEXT NOT NULL REFERENCES rollouts(id),
     event_key  TEXT NOT NULL,
