@@ -31,7 +31,8 @@ type Config struct {
 	// "http://" + Listen.
 	PublicURL string `yaml:"public_url" env:"PUBLIC_URL"`
 	// DataDir holds the database (by default), the TUF repository, release
-	// blobs and SBOMs; default "./aftercare-data".
+	// blobs and SBOMs (unless RepositoryDir is set) and the instance ID;
+	// default "./aftercare-data".
 	DataDir string `yaml:"data_dir" env:"DATA_DIR"`
 	// RepositoryDir holds what every replica of the server must see alike:
 	// the release and rollout TUF repositories, release SBOMs and uploads

@@ -28,6 +28,10 @@
 //     and the rate policy, through the assignments table, and tells the
 //     publisher (the TUF rollout repository) and the devices.
 //
+// A step records what it did by itself (a wave opened, a halt, completion,
+// a deferral's reminder and end) as events, in its own transaction, each
+// key once per rollout.
+//
 // Every human decision (create, pause, resume, abort, roll back, approve,
 // defer, decline, site policy) takes an actor and a reason and is passed to
 // the Audit hook, refused attempts too. The package knows neither HTTP nor
