@@ -105,6 +105,21 @@ func (c *chain) staleLocked() (bool, error) {
 	return !bytes.Equal(b, c.timestampRaw), nil
 }
 
+// staleForWriteLocked is staleLocked, and also true when another replica
+// installed a newer root without publishing anything else (a rotation that
+// kept the online keys), so no writer installs a second root of the same
+// version.
+func (c *chain) staleForWriteLocked() (bool, error) {
+	if stale, err := c.staleLocked(); err != nil || stale {
+		return stale, err
+	}
+	v, err := latestVersion(c.dir, metadata.ROOT)
+	if err != nil {
+		return false, err
+	}
+	return c.root != nil && v != c.root.Signed.Version, nil
+}
+
 // initLocked installs a first root into an empty metadata directory.
 func (c *chain) initLocked(rootJSON []byte, online map[string]signature.Signer) error {
 	root, err := new(metadata.Metadata[metadata.RootType]).FromBytes(rootJSON)

@@ -117,17 +117,17 @@ func (o *Options) setDefaults() error {
 // r.mu must be held.
 func (r *Repo) writeLocked(ctx context.Context, fn func() error) error {
 	return r.opts.Exclusive(ctx, releaseLock, func() error {
-		if err := r.reloadLocked(); err != nil {
+		if err := r.reloadLocked(r.chain.staleForWriteLocked); err != nil {
 			return err
 		}
 		return fn()
 	})
 }
 
-// reloadLocked loads root, snapshot, timestamp and targets again when
-// another replica published since. r.mu must be held.
-func (r *Repo) reloadLocked() error {
-	stale, err := r.chain.staleLocked()
+// reloadLocked loads root, snapshot, timestamp and targets again when staleFn says
+// another replica wrote since. r.mu must be held.
+func (r *Repo) reloadLocked(staleFn func() (bool, error)) error {
+	stale, err := staleFn()
 	if err != nil || !stale {
 		return err
 	}
@@ -144,7 +144,7 @@ func (r *Repo) reloadLocked() error {
 // freshLocked is reloadLocked for reads: when the disk cannot be read, the
 // state in memory is answered. r.mu must be held.
 func (r *Repo) freshLocked() {
-	if err := r.reloadLocked(); err != nil {
+	if err := r.reloadLocked(r.chain.staleLocked); err != nil {
 		r.opts.Log.Warn("release repository not loaded again; answering from memory", "err", err)
 	}
 }

@@ -2,15 +2,18 @@ package tufrepo_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/sigstore/sigstore/pkg/signature"
+
+	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/tufrepo"
 	"github.com/aftercare/aftercare/signing"
 )
@@ -120,8 +123,24 @@ func TestReplicasShareRepositories(t *testing.T) {
 	if tf := lookup(t, srv.URL, root, cache, "dev-00", &countingFetcher{}); tf == nil {
 		t.Fatal("dev-00 lost its assignment")
 	}
-	if _, err := os.Stat(filepath.Join(f.ropts.Dir, "metadata", "timestamp.json")); err != nil {
+	// A new root that keeps the online key publishes nothing else; the
+	// other replica still does not install a second root of its version.
+	rootKey, err := signing.LoadSigner(ctx, filepath.Join(f.keys, signing.OfflineKeyFile("root", signing.DefaultRootHolder)), nil)
+	if err != nil {
 		t.Fatal(err)
+	}
+	next, err := signing.RotateRoot(signing.RotateOptions{Current: root, Signers: []signature.Signer{rootKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rollA.UpdateRoot(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	if err := rollB.UpdateRoot(ctx, next); !errors.Is(err, problem.ErrConflict) {
+		t.Fatalf("replica B installing the root A installed: err = %v, want a version conflict", err)
+	}
+	if tf := lookup(t, srv.URL, root, cache, "dev-00", &countingFetcher{}); tf == nil {
+		t.Fatal("dev-00 lost its assignment after the root update")
 	}
 }
 

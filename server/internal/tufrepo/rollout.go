@@ -106,17 +106,17 @@ func (o *RolloutOptions) setDefaults() error {
 // r.mu must be held.
 func (r *Rollout) writeLocked(ctx context.Context, fn func() error) error {
 	return r.opts.Exclusive(ctx, rolloutLock, func() error {
-		if err := r.reloadLocked(); err != nil {
+		if err := r.reloadLocked(r.chain.staleForWriteLocked); err != nil {
 			return err
 		}
 		return fn()
 	})
 }
 
-// reloadLocked loads root, snapshot, timestamp, targets and bins again
-// when another replica published since. r.mu must be held.
-func (r *Rollout) reloadLocked() error {
-	stale, err := r.chain.staleLocked()
+// reloadLocked loads root, snapshot, timestamp, targets and bins again when staleFn says
+// another replica wrote since. r.mu must be held.
+func (r *Rollout) reloadLocked(staleFn func() (bool, error)) error {
+	stale, err := staleFn()
 	if err != nil || !stale {
 		return err
 	}
@@ -543,7 +543,7 @@ func (r *Rollout) UpdateRoot(ctx context.Context, rootJSON []byte) error {
 func (r *Rollout) Root() ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.reloadLocked(); err != nil {
+	if err := r.reloadLocked(r.chain.staleLocked); err != nil {
 		r.opts.Log.Warn("rollout repository not loaded again; answering from memory", "err", err)
 	}
 	return r.chain.root.ToBytes(true)
