@@ -438,12 +438,14 @@ func (e *Engine) gate(ctx context.Context, st *state, now time.Time) error {
 
 // deferralEvents records, once per deferral, a reminder when a site's
 // deferral ends within the DeferralReminder and the end of the deferral,
-// after which its devices wait for approval again. Only sites whose
-// devices the deferral still holds count.
+// after which its devices wait for approval again. Only sites with devices
+// that have not started installing count (those of waves not opened yet
+// too: the deferral holds them once their wave opens).
 func (e *Engine) deferralEvents(st *state, bySite map[string]store.SiteDecision, now time.Time) {
 	waiting := map[string]bool{}
 	for _, d := range st.devices {
-		if d.State == string(DeviceDeferred) || d.State == string(DeviceHeld) {
+		switch DeviceState(d.State) {
+		case DeviceQueued, DeviceSelected, DeviceHeld, DeviceDeferred:
 			waiting[d.SiteID] = true
 		}
 	}
