@@ -22,8 +22,11 @@ type RolloutEvent struct {
 // fails the transaction: the step that made it was based on a stale read.
 func insertRolloutEvents(ctx context.Context, q *txq, events []RolloutEvent) error {
 	for _, e := range events {
-		if _, err := q.exec(ctx, `INSERT INTO rollout_events (rollout_id, event_key, kind, site_id, detail, at) VALUES (?, ?, ?, ?, ?, ?)`,
-			e.RolloutID, e.Key, e.Kind, e.SiteID, e.Detail, formatTime(e.At)); err != nil {
+		// The step's plan update holds the rollout's row, so no other
+		// step numbers an event of this rollout meanwhile.
+		if _, err := q.exec(ctx, `INSERT INTO rollout_events (rollout_id, seq, event_key, kind, site_id, detail, at)
+			SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM rollout_events WHERE rollout_id = ?`,
+			e.RolloutID, e.Key, e.Kind, e.SiteID, e.Detail, formatTime(e.At), e.RolloutID); err != nil {
 			return fmt.Errorf("record rollout event %s: %w", e.Key, err)
 		}
 	}
@@ -52,7 +55,7 @@ func (s *Store) RolloutEventKeys(ctx context.Context, rolloutID string) (map[str
 // empty), of one site's when siteID is set, oldest first.
 func (s *Store) RolloutEvents(ctx context.Context, rolloutID, siteID string) ([]RolloutEvent, error) {
 	rows, err := s.direct().query(ctx, `SELECT rollout_id, event_key, kind, site_id, detail, at FROM rollout_events
-		WHERE (? = '' OR rollout_id = ?) AND (? = '' OR site_id = ?) ORDER BY at, rollout_id, event_key`,
+		WHERE (? = '' OR rollout_id = ?) AND (? = '' OR site_id = ?) ORDER BY at, rollout_id, seq`,
 		rolloutID, rolloutID, siteID, siteID)
 	if err != nil {
 		return nil, fmt.Errorf("list rollout events: %w", err)

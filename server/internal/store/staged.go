@@ -179,6 +179,13 @@ type TickUpdate struct {
 func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) error {
 	return s.tx(ctx, func(q *txq) error {
 		p := u.Plan
+		// updated_at is the plan's version: it must change with every
+		// write, also when the clock did not move (or moved back, on
+		// another replica) since the read, or two steps based on the same
+		// read would both commit.
+		if !p.UpdatedAt.Truncate(time.Microsecond).After(readAt) {
+			p.UpdatedAt = readAt.Add(time.Microsecond)
+		}
 		var settled any
 		if !p.SettledAt.IsZero() {
 			settled = formatTime(p.SettledAt)

@@ -7,6 +7,7 @@
 -- read, e.g. of a second replica, fails instead of recording twice.
 CREATE TABLE rollout_events (
     rollout_id TEXT NOT NULL REFERENCES rollouts(id),
+    seq        BIGINT NOT NULL, -- 1, 2, ... per rollout, in the order recorded
     event_key  TEXT NOT NULL,
     kind       TEXT NOT NULL,
     site_id    TEXT NOT NULL,
