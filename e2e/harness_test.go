@@ -137,6 +137,7 @@ type server struct {
 type serverOptions struct {
 	brokerURL string   // external broker, e.g. Mosquitto
 	keysInit  []string // extra arguments of `aftercare keys init`
+	env       []string // more of the server's environment (AFTERCARE_*=...)
 }
 
 func startServer(t *testing.T, o serverOptions) *server {
@@ -166,6 +167,7 @@ func startServer(t *testing.T, o serverOptions) *server {
 		s.env = append(s.env, "AFTERCARE_EMBEDDED_BROKER_LISTEN="+b)
 		s.deviceBroker = "ssl://" + b // the embedded broker takes devices over mutual TLS only
 	}
+	s.env = append(s.env, o.env...)
 	s.launch(t)
 	return s
 }

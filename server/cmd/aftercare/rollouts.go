@@ -43,6 +43,26 @@ type rolloutView struct {
 		State    string `json:"state"`
 		Reason   string `json:"reason"`
 	} `json:"cohort"`
+	Events []rolloutEvent `json:"events"`
+}
+
+// rolloutEvent is what the scheduler did by itself: a wave opened, a halt,
+// completion, a deferral reminder or end.
+type rolloutEvent struct {
+	Kind   string    `json:"kind"`
+	SiteID string    `json:"site_id"`
+	Detail string    `json:"detail"`
+	At     time.Time `json:"at"`
+}
+
+func printRolloutEvents(w io.Writer, events []rolloutEvent) {
+	for _, ev := range events {
+		fmt.Fprintf(w, "  %s %s", ev.At.Format(time.RFC3339), ev.Kind)
+		if ev.SiteID != "" {
+			fmt.Fprintf(w, " site %s", ev.SiteID)
+		}
+		fmt.Fprintf(w, ": %s\n", ev.Detail)
+	}
 }
 
 func (v rolloutView) summary(w io.Writer) {
@@ -224,6 +244,7 @@ func rolloutCmd(e *env) *cobra.Command {
 					}
 					fmt.Fprintln(w)
 				}
+				printRolloutEvents(w, out.Events)
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "DEVICE\tSITE\tWAVE\tSTATE\tREASON")
 				for _, d := range out.Cohort {
@@ -436,6 +457,7 @@ type pendingView struct {
 			Reason        string    `json:"reason"`
 			Actor         string    `json:"actor"`
 		} `json:"decision"`
+		Events []rolloutEvent `json:"events"`
 	} `json:"pending"`
 }
 
@@ -460,6 +482,7 @@ func (p pendingView) print(w io.Writer) {
 		if x.Notes != "" {
 			fmt.Fprintf(w, "  notes: %s\n", strings.ReplaceAll(x.Notes, "\n", "\n         "))
 		}
+		printRolloutEvents(w, x.Events)
 	}
 }
 

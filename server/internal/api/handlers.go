@@ -312,7 +312,7 @@ func (h *handlers) updateRoot(c echo.Context) error {
 		if len(req.Targets) > 0 {
 			targets = req.Targets
 		}
-		err = h.opts.Repo.UpdateRoot(req.Root, targets)
+		err = h.opts.Repo.UpdateRoot(ctx, req.Root, targets)
 	case "rollout":
 		if len(req.Targets) > 0 {
 			return problem.Invalid("targets: the rollout repository's targets are signed by the server; send only the root")

@@ -31,8 +31,16 @@ type Config struct {
 	// "http://" + Listen.
 	PublicURL string `yaml:"public_url" env:"PUBLIC_URL"`
 	// DataDir holds the database (by default), the TUF repository, release
-	// blobs and SBOMs; default "./aftercare-data".
+	// blobs and SBOMs (unless RepositoryDir is set) and the instance ID;
+	// default "./aftercare-data".
 	DataDir string `yaml:"data_dir" env:"DATA_DIR"`
+	// RepositoryDir holds what every replica of the server must see alike:
+	// the release and rollout TUF repositories, release SBOMs and uploads
+	// being published. Empty: DataDir/repository, with SBOMs and uploads
+	// in DataDir. Replicas point it at one shared volume (NFS, a shared
+	// disk) and share one PostgreSQL database; each keeps a DataDir of
+	// its own.
+	RepositoryDir string `yaml:"repository_dir" env:"REPOSITORY_DIR"`
 	// DatabaseURL is "sqlite:///path" or "postgres://..."; default
 	// "sqlite://" + DataDir + "/aftercare.db".
 	DatabaseURL Secret `yaml:"database_url" env:"DATABASE_URL"`
@@ -112,6 +120,16 @@ type Config struct {
 	// RolloutTick is how often the rollout scheduler promotes waves and
 	// assigns devices; default 10s.
 	RolloutTick time.Duration `yaml:"rollout_tick" env:"ROLLOUT_TICK"`
+	// RolloutLeaseTTL is how long the replica running the rollout
+	// scheduler holds its lease without renewing it: after a replica dies,
+	// another takes over within this time. Default max(4 ticks, 30s); at
+	// least 2 ticks, at most 1h.
+	RolloutLeaseTTL time.Duration `yaml:"rollout_lease_ttl" env:"ROLLOUT_LEASE_TTL"`
+	// DeferralReminder is how long before a site's deferral ends the
+	// scheduler records a reminder for the site's IT and the release
+	// engineer; default 24h, 0 turns reminders off (the end of a deferral
+	// is recorded still).
+	DeferralReminder time.Duration `yaml:"deferral_reminder" env:"DEFERRAL_REMINDER"`
 	// MaxDeferralCritical .. MaxDeferralLow bound how long a site may defer
 	// a patch of each severity; defaults 7, 30, 90 and 180 days.
 	MaxDeferralCritical time.Duration `yaml:"max_deferral_critical" env:"MAX_DEFERRAL_CRITICAL"`
@@ -191,6 +209,7 @@ func Default() Config {
 		TimestampExpiry:      24 * time.Hour,
 		RolloutBinBits:       8,
 		RolloutTick:          10 * time.Second,
+		DeferralReminder:     24 * time.Hour,
 		MaxDeferralCritical:  7 * 24 * time.Hour,
 		MaxDeferralHigh:      30 * 24 * time.Hour,
 		MaxDeferralMedium:    90 * 24 * time.Hour,
@@ -259,6 +278,9 @@ func (c *Config) fillDerived() {
 			c.PublicURL = "https://" + c.Listen
 		}
 	}
+	if c.RolloutLeaseTTL == 0 {
+		c.RolloutLeaseTTL = max(4*c.RolloutTick, 30*time.Second)
+	}
 	if c.DatabaseURL == "" && c.DataDir != "" {
 		c.DatabaseURL = Secret("sqlite://" + filepath.Join(c.DataDir, "aftercare.db"))
 	}
@@ -310,6 +332,12 @@ func (c Config) Validate() error {
 	}
 	if c.RolloutTick < 100*time.Millisecond || c.RolloutTick > time.Hour {
 		errs = append(errs, fmt.Errorf("rollout_tick %s must be between 100ms and 1h", c.RolloutTick))
+	}
+	if c.RolloutLeaseTTL < 2*c.RolloutTick || c.RolloutLeaseTTL > time.Hour {
+		errs = append(errs, fmt.Errorf("rollout_lease_ttl %s must be at least 2 rollout ticks (%s) and at most 1h", c.RolloutLeaseTTL, 2*c.RolloutTick))
+	}
+	if c.DeferralReminder < 0 || c.DeferralReminder > 365*24*time.Hour {
+		errs = append(errs, fmt.Errorf("deferral_reminder %s must be between 0 (off) and 1 year", c.DeferralReminder))
 	}
 	for name, d := range map[string]time.Duration{"max_deferral_critical": c.MaxDeferralCritical, "max_deferral_high": c.MaxDeferralHigh,
 		"max_deferral_medium": c.MaxDeferralMedium, "max_deferral_low": c.MaxDeferralLow} {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aftercare/aftercare/server/internal/config"
 )
@@ -17,11 +18,13 @@ func TestDefaultsWithKeys(t *testing.T) {
 		"AFTERCARE_SNAPSHOT_KEY": "/k/snapshot.key", "AFTERCARE_TIMESTAMP_KEY": "/k/timestamp.key",
 		"AFTERCARE_ROLLOUT_KEY":  "awskms:///alias/aftercare-rollout",
 		"AFTERCARE_DATABASE_URL": "postgres://u:hunter2@db/aftercare",
+		"AFTERCARE_ROLLOUT_TICK": "10s",
 	}))
 	if err != nil {
 		t.Fatalf("Load() = %v", err)
 	}
-	if cfg.DeviceBrokerURL != "ssl://127.0.0.1:1884" || cfg.PublicURL != "http://127.0.0.1:8080" || cfg.RolloutBinBits != 8 {
+	if cfg.DeviceBrokerURL != "ssl://127.0.0.1:1884" || cfg.PublicURL != "http://127.0.0.1:8080" || cfg.RolloutBinBits != 8 ||
+		cfg.RolloutLeaseTTL != 40*time.Second || cfg.DeferralReminder != 24*time.Hour || cfg.RepositoryDir != "" {
 		t.Fatalf("derived defaults = %+v", cfg)
 	}
 	if printed := fmt.Sprintf("%+v", cfg); strings.Contains(printed, "hunter2") {
@@ -32,9 +35,10 @@ func TestDefaultsWithKeys(t *testing.T) {
 func TestValidateReportsEveryProblem(t *testing.T) {
 	_, err := config.Load([]string{"-listen", "nope"}, env(map[string]string{
 		"AFTERCARE_TOPIC_PREFIX": "a/+/b", "AFTERCARE_DATABASE_URL": "mysql://x", "AFTERCARE_LOG_LEVEL": "loud",
-		"AFTERCARE_ROLLOUT_BIN_BITS": "17",
+		"AFTERCARE_ROLLOUT_BIN_BITS": "17", "AFTERCARE_ROLLOUT_LEASE_TTL": "15s", "AFTERCARE_DEFERRAL_REMINDER": "-1h",
 	}))
-	for _, want := range []string{"listen", "topic_prefix", "database_url", "snapshot_key", "timestamp_key", "rollout_key", "rollout_bin_bits", "log_level"} {
+	for _, want := range []string{"listen", "topic_prefix", "database_url", "snapshot_key", "timestamp_key", "rollout_key", "rollout_bin_bits", "log_level",
+		"rollout_lease_ttl", "deferral_reminder"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Load() = %v, want it to name %s", err, want)
 		}

@@ -187,7 +187,7 @@ func (s *Service) Publish(ctx context.Context, st *Staged, signedTargets []byte)
 	} else if !errors.Is(err, problem.ErrNotFound) {
 		return store.Release{}, err
 	}
-	if err := s.opts.Repo.Publish(t, map[string]tufrepo.Blob{m.TargetPath(): {Path: st.image}}); err != nil {
+	if err := s.opts.Repo.Publish(ctx, t, map[string]tufrepo.Blob{m.TargetPath(): {Path: st.image}}); err != nil {
 		return store.Release{}, err
 	}
 	if m.SBOM != nil {
@@ -219,7 +219,7 @@ func (s *Service) Publish(ctx context.Context, st *Staged, signedTargets []byte)
 // one that sets a release's rollback flag or extends the expiry. Every
 // target it lists must be stored already.
 func (s *Service) PublishTargets(ctx context.Context, t *metadata.Metadata[metadata.TargetsType]) error {
-	if err := s.opts.Repo.Publish(t, nil); err != nil {
+	if err := s.opts.Repo.Publish(ctx, t, nil); err != nil {
 		return err
 	}
 	return s.Sync(ctx)

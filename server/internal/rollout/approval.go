@@ -35,6 +35,8 @@ type Pending struct {
 	// the manufacturer sees it as the deadline.
 	MaxDeferUntil time.Time `json:"max_defer_until"`
 	Overdue       bool      `json:"overdue,omitempty"` // a deferral has ended without approval
+	// Events are the rollout's reminders and deferral ends for the site.
+	Events []store.RolloutEvent `json:"events,omitempty"`
 }
 
 // Pending returns the patches held for a site's decision: awaiting
@@ -70,6 +72,9 @@ func (e *Engine) Pending(ctx context.Context, siteID string) ([]Pending, error) 
 				p.Decision = &decisions[i]
 				p.Overdue = decisions[i].Decision == string(DecisionDeferred) && !now.Before(decisions[i].DeferredUntil)
 			}
+		}
+		if p.Events, err = e.opts.Store.RolloutEvents(ctx, id, siteID); err != nil {
+			return nil, err
 		}
 		out = append(out, p)
 	}

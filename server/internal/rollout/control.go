@@ -33,6 +33,9 @@ type View struct {
 	// Decisions are the sites' approvals, deferrals (with their deadline)
 	// and declines, for the manufacturer to see.
 	Decisions []store.SiteDecision `json:"decisions,omitempty"`
+	// Events are what the scheduler did by itself: waves opened, halts,
+	// completion, deferral reminders and ends.
+	Events []store.RolloutEvent `json:"events,omitempty"`
 }
 
 // View returns one rollout with its cohort.
@@ -44,6 +47,9 @@ func (e *Engine) View(ctx context.Context, id string) (View, error) {
 	v := st.view()
 	v.Cohort = st.devices
 	if v.Decisions, err = e.opts.Store.SiteDecisions(ctx, id, ""); err != nil {
+		return View{}, err
+	}
+	if v.Events, err = e.opts.Store.RolloutEvents(ctx, id, ""); err != nil {
 		return View{}, err
 	}
 	return v, nil

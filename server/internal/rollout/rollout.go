@@ -28,6 +28,10 @@
 //     and the rate policy, through the assignments table, and tells the
 //     publisher (the TUF rollout repository) and the devices.
 //
+// A step records what it did by itself (a wave opened, a halt, completion,
+// a deferral's reminder and end) as events, in its own transaction, each
+// key once per rollout.
+//
 // Every human decision (create, pause, resume, abort, roll back, approve,
 // defer, decline, site policy) takes an actor and a reason and is passed to
 // the Audit hook, refused attempts too. The package knows neither HTTP nor
@@ -84,6 +88,18 @@ const (
 // finishedStates are those after which a device may join another rollout.
 var finishedStates = []string{string(DeviceSucceeded), string(DeviceFailed), string(DeviceCancelled), string(DeviceDeclined)}
 
+// EventKind names what the scheduler did by itself (store.RolloutEvent).
+type EventKind string
+
+// The kinds of rollout events.
+const (
+	EventWaveOpened       EventKind = "wave.opened"
+	EventHalted           EventKind = "rollout.halted"
+	EventCompleted        EventKind = "rollout.completed"
+	EventDeferralReminder EventKind = "deferral.reminder" // a site's deferral ends soon
+	EventDeferralEnded    EventKind = "deferral.ended"    // its devices await approval again
+)
+
 // A Decision is one human decision, for the audit log.
 type Decision struct {
 	Action    string    `json:"action"` // "rollout.create", "rollout.pause", "site.approve", ...
@@ -131,6 +147,10 @@ type Options struct {
 	// MaxDeferral is the longest deferral per severity, counted from the
 	// rollout's creation; nil means DefaultMaxDeferral.
 	MaxDeferral map[string]time.Duration
+	// DeferralReminder is how long before a deferral ends the scheduler
+	// records a reminder event; 0 records none (the end is recorded
+	// still).
+	DeferralReminder time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// TickInterval is how often Run steps; default 10s.

@@ -90,7 +90,7 @@ func newFixture(t *testing.T, s *store.Store, flags allowRollback) *fixture {
 	t.Helper()
 	f := &fixture{t: t, s: s, clk: &fakeClock{now: t0}, rec: &recorder{}, seq: map[string]uint64{}}
 	e, err := rollout.New(rollout.Options{Store: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Publisher: f.rec,
-		Audit: f.rec.audit, Now: f.clk.Now, Releases: flags})
+		Audit: f.rec.audit, Now: f.clk.Now, Releases: flags, DeferralReminder: 12 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,10 +518,27 @@ func TestApprovalSite(t *testing.T) {
 		if got := f.view(v.ID).Counts["deferred"]; got != 2 {
 			t.Fatalf("deferred = %d, want 2", got)
 		}
-		f.clk.Advance(49 * time.Hour)
+		// 11 hours before the end: one reminder, however many steps run.
+		f.clk.Advance(37 * time.Hour)
+		f.tick()
+		f.tick()
+		if got := eventKinds(f.view(v.ID).Events); !slices.Equal(got, []string{"wave.opened", "deferral.reminder"}) {
+			t.Fatalf("events %v, want the wave and one reminder", got)
+		}
+		f.clk.Advance(12 * time.Hour)
+		f.tick()
 		f.tick()
 		if got := f.view(v.ID).Counts["held"]; got != 2 {
 			t.Fatalf("after the deferral ended held = %d, want 2 (back to awaiting approval)", got)
+		}
+		want := []string{"wave.opened", "deferral.reminder", "deferral.ended"}
+		if got := eventKinds(f.view(v.ID).Events); !slices.Equal(got, want) {
+			t.Fatalf("events %v, want %v", got, want)
+		}
+		// The site's IT sees its reminder and the end with the patch.
+		pending, err = f.e.Pending(ctx, held)
+		if err != nil || len(pending) != 1 || !pending[0].Overdue || !slices.Equal(eventKinds(pending[0].Events), want[1:]) {
+			t.Fatalf("Pending(held) = %+v, %v; want the overdue patch with its reminder and end", pending, err)
 		}
 		if err := f.e.Approve(ctx, held, v.ID, "it-held", "window booked"); err != nil {
 			t.Fatal(err)
@@ -539,6 +556,14 @@ func TestApprovalSite(t *testing.T) {
 			t.Fatalf("audited %v; want the 4 refused attempts too", f.rec.actions())
 		}
 	})
+}
+
+func eventKinds(events []store.RolloutEvent) []string {
+	var out []string
+	for _, e := range events {
+		out = append(out, e.Kind)
+	}
+	return out
 }
 
 // A failure that a later report replaced (the agent reports idle after a

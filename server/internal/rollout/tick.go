@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -65,6 +66,20 @@ type state struct {
 	// orig is each device's wave, state and reason as loaded: a step
 	// writes only the devices whose final values differ.
 	orig map[string][3]string
+	// recorded are the keys of the rollout's events as loaded; events are
+	// the new ones of this step, written with it.
+	recorded map[string]bool
+	events   []store.RolloutEvent
+}
+
+// record notes an event of the step unless the rollout recorded its key
+// before.
+func (st *state) record(kind EventKind, key, siteID, detail string, now time.Time) {
+	if st.recorded[key] {
+		return
+	}
+	st.recorded[key] = true
+	st.events = append(st.events, store.RolloutEvent{RolloutID: st.r.ID, Key: key, Kind: string(kind), SiteID: siteID, Detail: detail, At: now})
 }
 
 func key(d store.RolloutDevice) [3]string {
@@ -90,6 +105,9 @@ func (e *Engine) load(ctx context.Context, id string) (*state, error) {
 		return nil, err
 	}
 	if st.devices, err = e.opts.Store.RolloutDevices(ctx, id); err != nil {
+		return nil, err
+	}
+	if st.recorded, err = e.opts.Store.RolloutEventKeys(ctx, id); err != nil {
 		return nil, err
 	}
 	for _, d := range st.devices {
@@ -143,9 +161,12 @@ func (e *Engine) save(ctx context.Context, st *state, joined []store.RolloutDevi
 		joined[i] = current[d.DeviceID]
 	}
 	err = e.opts.Store.ApplyTick(ctx, store.TickUpdate{Plan: st.p, Joined: joined, Changed: changed,
-		Assign: assign, Unassign: unassign, ReleaseID: st.r.ReleaseID, At: now}, readAt)
+		Assign: assign, Unassign: unassign, ReleaseID: st.r.ReleaseID, At: now, Events: st.events}, readAt)
 	if err != nil {
 		return err
+	}
+	for _, ev := range st.events {
+		e.opts.Log.Info("rollout event", "rollout_id", st.r.ID, "kind", ev.Kind, "site_id", ev.SiteID, "detail", ev.Detail)
 	}
 	touched := append(slices.Clone(assign), unassign...)
 	if len(touched) > 0 && e.opts.Publisher != nil {
@@ -190,6 +211,7 @@ func (e *Engine) stepLocked(ctx context.Context, id string) error {
 		if reason := st.overThreshold(); reason != "" {
 			st.p.Status, st.p.StatusReason = string(StatusHalted), reason
 			log.Warn("rollout halted", "reason", reason)
+			st.record(EventHalted, fmt.Sprintf("halted/%d/%d", st.p.FailBase, st.p.DoneBase), "", reason, now)
 			return e.save(ctx, st, joined, nil, nil)
 		}
 	}
@@ -205,6 +227,8 @@ func (e *Engine) stepLocked(ctx context.Context, id string) error {
 	if st.settled() && st.p.Wave == len(st.plan.steps(len(st.devices)))-1 && st.count(DeviceQueued) == 0 {
 		if st.p.Status != string(StatusCompleted) {
 			log.Info("rollout completed", "succeeded", st.count(DeviceSucceeded), "failed", st.count(DeviceFailed))
+			st.record(EventCompleted, fmt.Sprintf("completed/%d", len(st.devices)), "",
+				fmt.Sprintf("%d devices succeeded, %d failed", st.count(DeviceSucceeded), st.count(DeviceFailed)), now)
 		}
 		st.p.Status, st.p.StatusReason = string(StatusCompleted), ""
 	} else {
@@ -342,6 +366,7 @@ func (st *state) promote(now time.Time, log interface {
 		st.p.Wave++
 		st.p.WaveOpenedAt, st.p.SettledAt = now, time.Time{}
 		log.Info("wave opened", "wave", st.p.Wave, "devices", steps[st.p.Wave])
+		st.record(EventWaveOpened, fmt.Sprintf("wave/%d", st.p.Wave), "", fmt.Sprintf("wave %d opened: %d devices in all", st.p.Wave, steps[st.p.Wave]), now)
 	}
 	// Fill the opened waves up to their cumulative size; a dynamic cohort
 	// grows, so this runs on every step.
@@ -384,6 +409,7 @@ func (e *Engine) gate(ctx context.Context, st *state, now time.Time) error {
 	for _, d := range decisions {
 		bySite[d.SiteID] = d
 	}
+	e.deferralEvents(st, bySite, now)
 	for i, d := range st.devices {
 		s := DeviceState(d.State)
 		if s != DeviceSelected && s != DeviceHeld && s != DeviceDeferred && s != DeviceDeclined {
@@ -408,6 +434,37 @@ func (e *Engine) gate(ctx context.Context, st *state, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// deferralEvents records, once per deferral, a reminder when a site's
+// deferral ends within the DeferralReminder and the end of the deferral,
+// after which its devices wait for approval again. Only sites with devices
+// that have not started installing count (those of waves not opened yet
+// too: the deferral holds them once their wave opens).
+func (e *Engine) deferralEvents(st *state, bySite map[string]store.SiteDecision, now time.Time) {
+	waiting := map[string]bool{}
+	for _, d := range st.devices {
+		switch DeviceState(d.State) {
+		case DeviceQueued, DeviceSelected, DeviceHeld, DeviceDeferred:
+			waiting[d.SiteID] = true
+		}
+	}
+	sites := slices.Sorted(maps.Keys(waiting))
+	for _, site := range sites {
+		dec, ok := bySite[site]
+		if !ok || dec.Decision != string(DecisionDeferred) {
+			continue
+		}
+		until := dec.DeferredUntil.UTC().Format(time.RFC3339)
+		switch {
+		case !now.Before(dec.DeferredUntil):
+			st.record(EventDeferralEnded, "deferral-ended/"+site+"/"+until, site,
+				fmt.Sprintf("the deferral by %s ended %s; the site's devices await approval again", dec.Actor, until), now)
+		case e.opts.DeferralReminder > 0 && dec.DeferredUntil.Sub(now) <= e.opts.DeferralReminder:
+			st.record(EventDeferralReminder, "deferral-reminder/"+site+"/"+until, site,
+				fmt.Sprintf("the deferral by %s ends %s (in %s): approve, defer again or decline", dec.Actor, until, dec.DeferredUntil.Sub(now).Round(time.Second)), now)
+		}
+	}
 }
 
 // pick assigns selected devices, in rank order, within the disruption

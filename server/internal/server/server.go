@@ -84,7 +84,8 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	if s.store, err = store.Open(ctx, string(cfg.DatabaseURL)); err != nil {
 		return nil, err
 	}
-	if s.repo, err = openRepo(ctx, cfg, getenv, log); err != nil {
+	warnUnshared(cfg, log)
+	if s.repo, err = openRepo(ctx, cfg, s.store, getenv, log); err != nil {
 		return nil, err
 	}
 	people, err := access.New(access.Options{Store: s.store, Log: log.With("component", "access"), AdminToken: adminToken})
@@ -97,8 +98,8 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	}
 	releases, err := release.New(release.Options{
 		Store: s.store, Repo: s.repo, Log: log,
-		StagingDir: filepath.Join(cfg.DataDir, "staging"),
-		SBOMDir:    filepath.Join(cfg.DataDir, "sboms"),
+		StagingDir: sharedDir(cfg, "staging"),
+		SBOMDir:    sharedDir(cfg, "sboms"),
 		SBOMs:      vulns,
 	})
 	if err != nil {
@@ -129,9 +130,9 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	}
 	// Wave promotion, deferral expiry and rate steps run in one replica at
 	// a time: the one holding the scheduler lease.
-	schedulerLease := s.store.Lease(rolloutSchedulerLease, instanceID(cfg.DataDir), rolloutLeaseTTL(cfg.RolloutTick), nil)
+	schedulerLease := s.store.Lease(rolloutSchedulerLease, instanceID(cfg.DataDir), rolloutLeaseTTL(cfg), nil)
 	if s.rollouts, err = rollout.New(rollout.Options{Store: s.store, Log: log.With("component", "rollout"), Publisher: s.rollout,
-		Releases: releaseFlags{s.repo}, MaxDeferral: cfg.MaxDeferral(), TickInterval: cfg.RolloutTick,
+		Releases: releaseFlags{s.repo}, MaxDeferral: cfg.MaxDeferral(), DeferralReminder: cfg.DeferralReminder, TickInterval: cfg.RolloutTick,
 		Audit: people.AuditRollout, Leader: schedulerLease}); err != nil {
 		return nil, err
 	}
@@ -224,11 +225,40 @@ func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	return nil
 }
 
-func releaseRepoDir(cfg config.Config) string {
-	return filepath.Join(cfg.DataDir, "repository", "release")
+// repositoryDir holds the TUF repositories, shared by replicas.
+func repositoryDir(cfg config.Config) string {
+	if cfg.RepositoryDir != "" {
+		return cfg.RepositoryDir
+	}
+	return filepath.Join(cfg.DataDir, "repository")
 }
-func rolloutRepoDir(cfg config.Config) string {
-	return filepath.Join(cfg.DataDir, "repository", "rollout")
+
+func releaseRepoDir(cfg config.Config) string { return filepath.Join(repositoryDir(cfg), "release") }
+func rolloutRepoDir(cfg config.Config) string { return filepath.Join(repositoryDir(cfg), "rollout") }
+
+// sharedDir is where files every replica must see go: under repository_dir
+// when it is set, else in the data directory as before it existed. Uploads
+// are staged there too, so a staged image moves into the repository with a
+// rename on one file system.
+func sharedDir(cfg config.Config, name string) string {
+	if cfg.RepositoryDir != "" {
+		return filepath.Join(cfg.RepositoryDir, name)
+	}
+	return filepath.Join(cfg.DataDir, name)
+}
+
+// warnUnshared names the per-replica state that makes replicas sharing a
+// repository directory disagree.
+func warnUnshared(cfg config.Config, log *slog.Logger) {
+	if cfg.RepositoryDir == "" {
+		return
+	}
+	if cfg.DeviceCACert == "" {
+		log.Warn("repository_dir is set but device_ca_cert is not: each replica makes its own device CA in its data_dir, and devices enrolled through one replica are refused by the broker certificates of another; give every replica the same device_ca_cert and device_ca_key")
+	}
+	if cfg.AdminToken == "" {
+		log.Warn("repository_dir is set but admin_token is not: each replica generates its own bootstrap admin token into its data_dir; give every replica the same admin_token")
+	}
 }
 
 // readRoot reads a configured root metadata file; an empty path is nil.
@@ -243,7 +273,7 @@ func readRoot(field, path string) ([]byte, error) {
 	return b, nil
 }
 
-func openRepo(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger) (*tufrepo.Repo, error) {
+func openRepo(ctx context.Context, cfg config.Config, st *store.Store, getenv func(string) string, log *slog.Logger) (*tufrepo.Repo, error) {
 	pass := signing.PassphraseFromEnv(getenv, OnlineKeyPassphraseEnv)
 	snap, err := kms.LoadSigner(ctx, cfg.SnapshotKey, pass)
 	if err != nil {
@@ -260,7 +290,7 @@ func openRepo(ctx context.Context, cfg config.Config, getenv func(string) string
 	repo, err := tufrepo.Open(tufrepo.Options{
 		Dir:            releaseRepoDir(cfg),
 		SnapshotSigner: snap, TimestampSigner: ts, TimestampExpiry: cfg.TimestampExpiry,
-		Log: log.With("component", "tufrepo", "repository", "release"),
+		Log: log.With("component", "tufrepo", "repository", "release"), Exclusive: st.Exclusive,
 	}, root)
 	if errors.Is(err, tufrepo.ErrNotInitialized) {
 		return nil, errors.New("the release repository is not initialised: set release_root to the 1.root.json made by `aftercare keys init`")
@@ -282,7 +312,7 @@ func openRollout(ctx context.Context, cfg config.Config, st *store.Store, releas
 	}
 	r, err := tufrepo.OpenRollout(tufrepo.RolloutOptions{
 		Dir: rolloutRepoDir(cfg), Signer: key, Release: release, Source: assignmentSource{st},
-		BinBits: cfg.RolloutBinBits, TimestampExpiry: cfg.TimestampExpiry,
+		BinBits: cfg.RolloutBinBits, TimestampExpiry: cfg.TimestampExpiry, Exclusive: st.Exclusive,
 		Log: log.With("component", "tufrepo", "repository", "rollout"),
 	}, root)
 	if errors.Is(err, tufrepo.ErrNotInitialized) {
@@ -390,7 +420,7 @@ func (s *Server) refreshRepo(ctx context.Context) {
 	t := time.NewTicker(repoRefreshInterval)
 	defer t.Stop()
 	for {
-		if err := s.repo.Refresh(); err != nil {
+		if err := s.repo.Refresh(ctx); err != nil {
 			s.log.Error("re-signing release repository metadata failed", "err", err)
 		}
 		if err := s.rollout.Refresh(ctx); err != nil {
@@ -448,9 +478,12 @@ func (s *Server) closeParts() {
 // rollout work holds.
 const rolloutSchedulerLease = "rollout.scheduler"
 
-// rolloutLeaseTTL outlives a few scheduler ticks, so the holder renews it
-// well before another replica may take over, and a replica that died is
-// replaced within a minute or so.
-func rolloutLeaseTTL(tick time.Duration) time.Duration {
-	return max(4*tick, 30*time.Second)
+// rolloutLeaseTTL is the configured lease TTL, by default a few scheduler
+// ticks, so the holder renews it well before another replica may take
+// over, and a replica that died is replaced within a minute or so.
+func rolloutLeaseTTL(cfg config.Config) time.Duration {
+	if cfg.RolloutLeaseTTL > 0 {
+		return cfg.RolloutLeaseTTL
+	}
+	return max(4*cfg.RolloutTick, 30*time.Second)
 }

@@ -169,6 +169,8 @@ type TickUpdate struct {
 	// ReleaseID is the release assigned to Assign.
 	ReleaseID string
 	At        time.Time
+	// Events are what the step did by itself, recorded with it.
+	Events []RolloutEvent
 }
 
 // ApplyTick writes u in one transaction. It fails with problem.ErrConflict,
@@ -177,6 +179,13 @@ type TickUpdate struct {
 func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) error {
 	return s.tx(ctx, func(q *txq) error {
 		p := u.Plan
+		// updated_at is the plan's version: it must change with every
+		// write, also when the clock did not move (or moved back, on
+		// another replica) since the read, or two steps based on the same
+		// read would both commit.
+		if !p.UpdatedAt.Truncate(time.Microsecond).After(readAt) {
+			p.UpdatedAt = readAt.Add(time.Microsecond)
+		}
 		var settled any
 		if !p.SettledAt.IsZero() {
 			settled = formatTime(p.SettledAt)
@@ -213,7 +222,7 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) e
 				return fmt.Errorf("withdraw assignment of %s: %w", id, err)
 			}
 		}
-		return nil
+		return insertRolloutEvents(ctx, q, u.Events)
 	})
 }
 

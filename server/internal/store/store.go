@@ -65,7 +65,8 @@ func Open(ctx context.Context, dbURL string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	// Replicas starting together migrate one after the other.
+	if err := s.Exclusive(ctx, "store.migrate", func() error { return s.migrate(ctx) }); err != nil {
 		db.Close()
 		return nil, err
 	}

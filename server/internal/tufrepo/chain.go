@@ -1,6 +1,8 @@
 package tufrepo
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -35,7 +37,18 @@ type chain struct {
 	root      *metadata.Metadata[metadata.RootType]
 	snapshot  *metadata.Metadata[metadata.SnapshotType]  // nil before the first publish
 	timestamp *metadata.Metadata[metadata.TimestampType] // nil before the first publish
+	// timestampRaw is timestamp.json as this process last read or wrote
+	// it; when the file differs, another replica published since.
+	timestampRaw []byte
 }
+
+// An ExclusiveFunc runs fn while no other server process sharing the
+// repository directory writes to the same repository (see
+// store.Store.Exclusive); name tells the repositories apart.
+type ExclusiveFunc func(ctx context.Context, name string, fn func() error) error
+
+// alone is the ExclusiveFunc of a repository only one process writes.
+func alone(_ context.Context, _ string, fn func() error) error { return fn() }
 
 // defaultTiming fills in the default expiries and clock of either
 // repository's options.
@@ -64,14 +77,47 @@ func (c *chain) loadLocked() error {
 	if c.snapshot, err = latestVersioned[metadata.SnapshotType](c.dir, metadata.SNAPSHOT); err != nil {
 		return err
 	}
+	c.timestamp, c.timestampRaw = nil, nil
 	if b, err := os.ReadFile(filepath.Join(c.dir, "timestamp.json")); err == nil {
 		if c.timestamp, err = new(metadata.Metadata[metadata.TimestampType]).FromBytes(b); err != nil {
 			return fmt.Errorf("tufrepo: timestamp.json: %w", err)
 		}
+		c.timestampRaw = b
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
+}
+
+// staleLocked reports whether timestamp.json on disk differs from the one
+// this process last read or wrote: another replica sharing the directory
+// published since, and the state in memory must be loaded again before it
+// is read or signed over. Every publish ends with a new timestamp, so an
+// equal file means nothing was published.
+func (c *chain) staleLocked() (bool, error) {
+	b, err := os.ReadFile(filepath.Join(c.dir, "timestamp.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return c.timestampRaw != nil, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("tufrepo: read timestamp.json: %w", err)
+	}
+	return !bytes.Equal(b, c.timestampRaw), nil
+}
+
+// staleForWriteLocked is staleLocked, and also true when another replica
+// installed a newer root without publishing anything else (a rotation that
+// kept the online keys), so no writer installs a second root of the same
+// version.
+func (c *chain) staleForWriteLocked() (bool, error) {
+	if stale, err := c.staleLocked(); err != nil || stale {
+		return stale, err
+	}
+	v, err := latestVersion(c.dir, metadata.ROOT)
+	if err != nil {
+		return false, err
+	}
+	return c.root != nil && v != c.root.Signed.Version, nil
 }
 
 // initLocked installs a first root into an empty metadata directory.
@@ -237,7 +283,7 @@ func (c *chain) signTimestampLocked(sb []byte) error {
 	if err := atomicfile.WriteFile(filepath.Join(c.dir, "timestamp.json"), b, 0o644); err != nil {
 		return err
 	}
-	c.timestamp = ts
+	c.timestamp, c.timestampRaw = ts, b
 	return nil
 }
 

@@ -25,11 +25,17 @@
 // device sees nothing of a publish until timestamp.json is renamed into
 // place, so a crash mid-publish leaves the previous repository state.
 //
-// Repo and Rollout are safe for concurrent use.
+// Repo and Rollout are safe for concurrent use, and several server
+// processes (replicas) may share one directory: every write runs under
+// the Exclusive lock the options name and starts from the state on disk,
+// so no replica signs a version over another's newer one and the versions
+// devices see only increase; every read loads the state again when
+// timestamp.json changed.
 package tufrepo
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -72,7 +78,13 @@ type Options struct {
 	SnapshotExpiry  time.Duration    // default 7 days
 	Now             func() time.Time // nil means time.Now
 	Log             *slog.Logger     // required
+	// Exclusive serialises writes with the other server processes that
+	// share Dir; nil: this process is the only one.
+	Exclusive ExclusiveFunc
 }
+
+// releaseLock names the release repository's Exclusive lock.
+const releaseLock = "tufrepo.release"
 
 // Repo is the release repository.
 type Repo struct {
@@ -95,7 +107,46 @@ func (o *Options) setDefaults() error {
 		errs = append(errs, errors.New("tufrepo: Log is required"))
 	}
 	defaultTiming(&o.TimestampExpiry, &o.SnapshotExpiry, &o.Now)
+	if o.Exclusive == nil {
+		o.Exclusive = alone
+	}
 	return errors.Join(errs...)
+}
+
+// writeLocked runs fn under the cross-process lock, on the state on disk.
+// r.mu must be held.
+func (r *Repo) writeLocked(ctx context.Context, fn func() error) error {
+	return r.opts.Exclusive(ctx, releaseLock, func() error {
+		if err := r.reloadLocked(r.chain.staleForWriteLocked); err != nil {
+			return err
+		}
+		return fn()
+	})
+}
+
+// reloadLocked loads root, snapshot, timestamp and targets again when staleFn says
+// another replica wrote since. r.mu must be held.
+func (r *Repo) reloadLocked(staleFn func() (bool, error)) error {
+	stale, err := staleFn()
+	if err != nil || !stale {
+		return err
+	}
+	if err := r.chain.loadLocked(); err != nil {
+		return err
+	}
+	if r.targets, err = latestVersioned[metadata.TargetsType](r.metaDir(), metadata.TARGETS); err != nil {
+		return err
+	}
+	r.opts.Log.Debug("release repository loaded again: another replica published")
+	return nil
+}
+
+// freshLocked is reloadLocked for reads: when the disk cannot be read, the
+// state in memory is answered. r.mu must be held.
+func (r *Repo) freshLocked() {
+	if err := r.reloadLocked(r.chain.staleLocked); err != nil {
+		r.opts.Log.Warn("release repository not loaded again; answering from memory", "err", err)
+	}
 }
 
 func (r *Repo) online() map[string]signature.Signer {
@@ -122,33 +173,42 @@ func Open(opts Options, rootJSON []byte) (*Repo, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Replicas starting together must not both install a root or re-sign.
+	err := opts.Exclusive(context.Background(), releaseLock, func() error { return r.openLocked(rootJSON) })
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Repo) openLocked(rootJSON []byte) error {
 	err := r.chain.loadLocked()
 	if errors.Is(err, ErrNotInitialized) && rootJSON != nil {
 		if err := os.MkdirAll(r.targetsDir(), 0o755); err != nil {
-			return nil, err
+			return err
 		}
 		err = r.chain.initLocked(rootJSON, r.online())
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if r.targets, err = latestVersioned[metadata.TargetsType](r.metaDir(), metadata.TARGETS); err != nil {
-		return nil, err
+		return err
 	}
 	if rootJSON != nil {
 		if err := r.adoptConfiguredRootLocked(rootJSON); err != nil {
-			return nil, fmt.Errorf("configured root: %w", err)
+			return fmt.Errorf("configured root: %w", err)
 		}
 	}
 	if err := checkOnlineKeys(r.chain.root, r.online()); err != nil {
-		return nil, err
+		return err
 	}
 	if r.targets != nil && !r.chain.verifiesLocked() {
 		// The online keys were rotated: sign with the new ones at once.
-		opts.Log.Info("snapshot and timestamp re-signed with the current online keys", "root_version", r.chain.root.Signed.Version)
-		return r, r.signSnapshotLocked()
+		r.opts.Log.Info("snapshot and timestamp re-signed with the current online keys", "root_version", r.chain.root.Signed.Version)
+		return r.signSnapshotLocked()
 	}
-	return r, nil
+	return nil
 }
 
 // adoptConfiguredRootLocked takes the configured root when it is the next
@@ -169,10 +229,10 @@ func (r *Repo) adoptConfiguredRootLocked(rootJSON []byte) error {
 // keys, targetsJSON must be the current targets signed again by the new
 // keys (the next targets version); otherwise it may be nil. Nothing changes
 // unless everything verifies.
-func (r *Repo) UpdateRoot(rootJSON, targetsJSON []byte) error {
+func (r *Repo) UpdateRoot(ctx context.Context, rootJSON, targetsJSON []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.updateRootLocked(rootJSON, targetsJSON)
+	return r.writeLocked(ctx, func() error { return r.updateRootLocked(rootJSON, targetsJSON) })
 }
 
 func (r *Repo) updateRootLocked(rootJSON, targetsJSON []byte) error {
@@ -212,6 +272,7 @@ func (r *Repo) updateRootLocked(rootJSON, targetsJSON []byte) error {
 func (r *Repo) CurrentTargets() ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	if r.targets == nil {
 		return nil, nil
 	}
@@ -222,6 +283,7 @@ func (r *Repo) CurrentTargets() ([]byte, error) {
 func (r *Repo) Root() ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	return r.chain.root.ToBytes(true)
 }
 
@@ -229,6 +291,7 @@ func (r *Repo) Root() ([]byte, error) {
 func (r *Repo) Target(targetPath string) (*metadata.TargetFiles, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	if r.targets == nil {
 		return nil, false
 	}
@@ -240,6 +303,7 @@ func (r *Repo) Target(targetPath string) (*metadata.TargetFiles, bool) {
 func (r *Repo) Targets() map[string]*metadata.TargetFiles {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	out := map[string]*metadata.TargetFiles{}
 	if r.targets != nil {
 		for p, tf := range r.targets.Signed.Targets {
@@ -256,6 +320,7 @@ func (r *Repo) Targets() map[string]*metadata.TargetFiles {
 func (r *Repo) ParseTargets(b []byte) (*metadata.Metadata[metadata.TargetsType], error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	return r.parseTargetsLocked(b, r.chain.root)
 }
 
@@ -294,19 +359,22 @@ type Blob struct {
 // new in t to their files, which Publish moves into the repository; every
 // other target t lists must already be stored. It checks every length and
 // hash before it writes anything.
-func (r *Repo) Publish(t *metadata.Metadata[metadata.TargetsType], blobs map[string]Blob) error {
+func (r *Repo) Publish(ctx context.Context, t *metadata.Metadata[metadata.TargetsType], blobs map[string]Blob) error {
 	raw, err := t.ToBytes(true)
 	if err != nil {
 		return err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	// ParseTargets checked signature, version and expiry; check again
-	// under the lock so a concurrent publish cannot slip in between.
-	if _, err := r.parseTargetsLocked(raw, r.chain.root); err != nil {
-		return err
-	}
-	return r.publishLocked(t, blobs)
+	return r.writeLocked(ctx, func() error {
+		// ParseTargets checked signature, version and expiry; check again
+		// under the lock so a concurrent publish, of this replica or
+		// another, cannot slip in between.
+		if _, err := r.parseTargetsLocked(raw, r.chain.root); err != nil {
+			return err
+		}
+		return r.publishLocked(t, blobs)
+	})
 }
 
 // movesLocked verifies the file of every target t lists and returns the
@@ -383,19 +451,22 @@ func (r *Repo) signSnapshotLocked() error {
 // Refresh re-signs the snapshot and timestamp when less than half of their
 // validity is left, so devices never see them expire while the server runs.
 // It does nothing before the first release.
-func (r *Repo) Refresh() error {
+func (r *Repo) Refresh(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.targets == nil {
-		return nil
-	}
-	return r.chain.refreshLocked(r.snapshotMetaLocked)
+	return r.writeLocked(ctx, func() error {
+		if r.targets == nil {
+			return nil
+		}
+		return r.chain.refreshLocked(r.snapshotMetaLocked)
+	})
 }
 
 // BlobPath returns where the file of a listed target is stored.
 func (r *Repo) BlobPath(targetPath string) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	if r.targets == nil {
 		return "", fmt.Errorf("target %s: %w", targetPath, problem.ErrNotFound)
 	}

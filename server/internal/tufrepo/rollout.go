@@ -68,7 +68,13 @@ type RolloutOptions struct {
 	SnapshotExpiry  time.Duration    // default 7 days
 	Now             func() time.Time // nil means time.Now
 	Log             *slog.Logger     // required
+	// Exclusive serialises writes with the other server processes that
+	// share Dir; nil: this process is the only one.
+	Exclusive ExclusiveFunc
 }
+
+// rolloutLock names the rollout repository's Exclusive lock.
+const rolloutLock = "tufrepo.rollout"
 
 // Rollout is the rollout repository. It implements the rollout engine's
 // Publisher.
@@ -90,7 +96,50 @@ func (o *RolloutOptions) setDefaults() error {
 		errs = append(errs, fmt.Errorf("tufrepo: rollout bin bits %d must be between 0 and %d", o.BinBits, MaxBinBits))
 	}
 	defaultTiming(&o.TimestampExpiry, &o.SnapshotExpiry, &o.Now)
+	if o.Exclusive == nil {
+		o.Exclusive = alone
+	}
 	return errors.Join(errs...)
+}
+
+// writeLocked runs fn under the cross-process lock, on the state on disk.
+// r.mu must be held.
+func (r *Rollout) writeLocked(ctx context.Context, fn func() error) error {
+	return r.opts.Exclusive(ctx, rolloutLock, func() error {
+		if err := r.reloadLocked(r.chain.staleForWriteLocked); err != nil {
+			return err
+		}
+		return fn()
+	})
+}
+
+// reloadLocked loads root, snapshot, timestamp, targets and bins again when staleFn says
+// another replica wrote since. r.mu must be held.
+func (r *Rollout) reloadLocked(staleFn func() (bool, error)) error {
+	stale, err := staleFn()
+	if err != nil || !stale {
+		return err
+	}
+	return r.loadLocked()
+}
+
+// loadLocked reads the repository's state from disk. r.mu must be held.
+func (r *Rollout) loadLocked() error {
+	if err := r.chain.loadLocked(); err != nil {
+		return err
+	}
+	var err error
+	if r.targets, err = latestVersioned[metadata.TargetsType](r.metaDir(), metadata.TARGETS); err != nil {
+		return err
+	}
+	r.bins = map[string]*metadata.Metadata[metadata.TargetsType]{}
+	if r.targets == nil {
+		return nil
+	}
+	if err := r.checkLayoutLocked(); err != nil {
+		return err
+	}
+	return r.loadBinsLocked()
 }
 
 func (r *Rollout) online() map[string]signature.Signer {
@@ -112,42 +161,36 @@ func OpenRollout(opts RolloutOptions, rootJSON []byte) (*Rollout, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	err := r.chain.loadLocked()
+	// Replicas starting together must not both install a root.
+	if err := opts.Exclusive(context.Background(), rolloutLock, func() error { return r.openLocked(rootJSON) }); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Rollout) openLocked(rootJSON []byte) error {
+	err := r.loadLocked()
 	if errors.Is(err, ErrNotInitialized) && rootJSON != nil {
 		err = r.chain.initLocked(rootJSON, r.online())
 	}
 	if err != nil {
-		return nil, err
-	}
-	if r.targets, err = latestVersioned[metadata.TargetsType](r.metaDir(), metadata.TARGETS); err != nil {
-		return nil, err
-	}
-	if r.targets != nil {
-		if err := r.checkLayoutLocked(); err != nil {
-			return nil, err
-		}
-		if err := r.loadBinsLocked(); err != nil {
-			return nil, err
-		}
+		return err
 	}
 	if rootJSON != nil {
 		root, err := new(metadata.Metadata[metadata.RootType]).FromBytes(rootJSON)
 		if err != nil {
-			return nil, fmt.Errorf("configured rollout root does not parse: %w", err)
+			return fmt.Errorf("configured rollout root does not parse: %w", err)
 		}
 		if root.Signed.Version > r.chain.root.Signed.Version {
 			if _, err := r.chain.parseNextRootLocked(rootJSON, r.online()); err != nil {
-				return nil, fmt.Errorf("configured rollout root: %w", err)
+				return fmt.Errorf("configured rollout root: %w", err)
 			}
 			if err := r.chain.writeRootLocked(root); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	if err := checkOnlineKeys(r.chain.root, r.online()); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return checkOnlineKeys(r.chain.root, r.online())
 }
 
 // checkLayoutLocked refuses a bin count other than the one the repository
@@ -223,7 +266,7 @@ func (r *Rollout) AssignmentsChanged(ctx context.Context, deviceIDs []string) er
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.publishLocked(ctx, bins)
+	return r.writeLocked(ctx, func() error { return r.publishLocked(ctx, bins) })
 }
 
 // Sync publishes every bin from the assignments table, writing those that
@@ -233,12 +276,13 @@ func (r *Rollout) AssignmentsChanged(ctx context.Context, deviceIDs []string) er
 func (r *Rollout) Sync(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.publishLocked(ctx, nil)
+	return r.writeLocked(ctx, func() error { return r.publishLocked(ctx, nil) })
 }
 
 // publishLocked rebuilds the given bins (nil: all) from the assignments
-// table. Reading the table and writing the files under one lock keeps a
-// slower publish from overwriting a newer one.
+// table. Reading the table and writing the files under one lock (r.mu and
+// the Exclusive lock of writeLocked) keeps a slower publish, of this
+// replica or another, from overwriting a newer one.
 func (r *Rollout) publishLocked(ctx context.Context, bins map[string]bool) error {
 	written := map[string][]byte{}
 	topChanged := r.targets == nil || r.chain.root.VerifyDelegate(metadata.TARGETS, r.targets) != nil
@@ -302,8 +346,9 @@ func (r *Rollout) entriesLocked(ctx context.Context, bins map[string]bool) (map[
 	if err != nil {
 		return nil, fmt.Errorf("read assignments: %w", err)
 	}
+	released := r.opts.Release.Targets()
 	for _, a := range assignments {
-		tf, err := r.entry(a)
+		tf, err := entry(released, a)
 		if err != nil {
 			r.opts.Log.Warn("assignment not published", "device_id", a.DeviceID, "rollout_id", a.RolloutID, "err", err)
 			continue
@@ -318,8 +363,8 @@ func (r *Rollout) entriesLocked(ctx context.Context, bins map[string]bool) (map[
 // entry is a device's assignment as the rollout repository signs it: the
 // release image's length and hashes, copied from the release repository,
 // and the release target path.
-func (r *Rollout) entry(a Assignment) (*metadata.TargetFiles, error) {
-	rel, ok := r.opts.Release.Target(a.TargetPath)
+func entry(released map[string]*metadata.TargetFiles, a Assignment) (*metadata.TargetFiles, error) {
+	rel, ok := released[a.TargetPath]
 	if !ok {
 		return nil, fmt.Errorf("target %s is not in the release repository", a.TargetPath)
 	}
@@ -481,21 +526,26 @@ func (r *Rollout) pruneLocked() {
 func (r *Rollout) UpdateRoot(ctx context.Context, rootJSON []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	next, err := r.chain.parseNextRootLocked(rootJSON, r.online())
-	if err != nil {
-		return err
-	}
-	if err := r.chain.writeRootLocked(next); err != nil {
-		return err
-	}
-	r.opts.Log.Info("rollout repository root updated", "root_version", next.Signed.Version)
-	return r.publishLocked(ctx, nil)
+	return r.writeLocked(ctx, func() error {
+		next, err := r.chain.parseNextRootLocked(rootJSON, r.online())
+		if err != nil {
+			return err
+		}
+		if err := r.chain.writeRootLocked(next); err != nil {
+			return err
+		}
+		r.opts.Log.Info("rollout repository root updated", "root_version", next.Signed.Version)
+		return r.publishLocked(ctx, nil)
+	})
 }
 
 // Root returns the newest root metadata.
 func (r *Rollout) Root() ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.reloadLocked(r.chain.staleLocked); err != nil {
+		r.opts.Log.Warn("rollout repository not loaded again; answering from memory", "err", err)
+	}
 	return r.chain.root.ToBytes(true)
 }
 
@@ -504,6 +554,10 @@ func (r *Rollout) Root() ([]byte, error) {
 func (r *Rollout) Refresh(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.writeLocked(ctx, func() error { return r.refreshLocked() })
+}
+
+func (r *Rollout) refreshLocked() error {
 	if r.targets == nil {
 		return nil
 	}

@@ -93,7 +93,7 @@ func newRolloutFixture(t testing.TB, bits int, versions ...string) *rolloutFixtu
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := f.release.Publish(parsed, map[string]tufrepo.Blob{m.TargetPath(): {Path: blob}}); err != nil {
+		if err := f.release.Publish(context.Background(), parsed, map[string]tufrepo.Blob{m.TargetPath(): {Path: blob}}); err != nil {
 			t.Fatal(err)
 		}
 		cur = signed

@@ -95,7 +95,7 @@ func TestParseTargetsVersionDiscipline(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseTargets(first, v5) = %v", err)
 	}
-	if err := r.Publish(first, nil); err != nil {
+	if err := r.Publish(context.Background(), first, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, v := range []int64{5, 4, 7} {
@@ -127,12 +127,12 @@ func TestPublishRefusesTargetsWithoutFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	var invalid *problem.InvalidError
-	if err := r.Publish(parsed, nil); !errors.As(err, &invalid) {
+	if err := r.Publish(context.Background(), parsed, nil); !errors.As(err, &invalid) {
 		t.Fatalf("Publish(no file for a listed target) = %v, want an InvalidError", err)
 	}
 	wrong := filepath.Join(f.opts.Dir, "wrong")
 	os.WriteFile(wrong, []byte("abd"), 0o644)
-	if err := r.Publish(parsed, map[string]tufrepo.Blob{entry.Path: {Path: wrong}}); !errors.As(err, &invalid) {
+	if err := r.Publish(context.Background(), parsed, map[string]tufrepo.Blob{entry.Path: {Path: wrong}}); !errors.As(err, &invalid) {
 		t.Fatalf("Publish(file with the wrong digest) = %v, want an InvalidError", err)
 	}
 	if cur, _ := r.CurrentTargets(); cur != nil {
@@ -140,7 +140,7 @@ func TestPublishRefusesTargetsWithoutFiles(t *testing.T) {
 	}
 	right := filepath.Join(f.opts.Dir, "right")
 	os.WriteFile(right, []byte("abc"), 0o644)
-	if err := r.Publish(parsed, map[string]tufrepo.Blob{entry.Path: {Path: right}}); err != nil {
+	if err := r.Publish(context.Background(), parsed, map[string]tufrepo.Blob{entry.Path: {Path: right}}); err != nil {
 		t.Fatalf("Publish(right file) = %v", err)
 	}
 	if p, _ := r.BlobPath(entry.Path); filepath.Base(p) != img.Image.SHA256+".image.img" {
@@ -161,23 +161,23 @@ func TestRefreshResignsBeforeExpiry(t *testing.T) {
 	f := newFixture(t)
 	r := f.open(t)
 	first, _ := r.ParseTargets(f.emptyTargets(t, 1, f.signT))
-	if err := r.Publish(first, nil); err != nil {
+	if err := r.Publish(context.Background(), first, nil); err != nil {
 		t.Fatal(err)
 	}
 	v1 := readTimestamp(t, f).Signed.Version
 	f.now = f.now.Add(6 * time.Hour) // three quarters of a day left
-	r.Refresh()
+	r.Refresh(context.Background())
 	if v := readTimestamp(t, f).Signed.Version; v != v1 {
 		t.Fatalf("timestamp re-signed with most of its validity left (v%d -> v%d)", v1, v)
 	}
 	f.now = f.now.Add(7 * time.Hour) // 11h left of 24h
-	r.Refresh()
+	r.Refresh(context.Background())
 	ts := readTimestamp(t, f)
 	if ts.Signed.Version != v1+1 || !ts.Signed.Expires.After(f.now.Add(23*time.Hour)) {
 		t.Fatalf("timestamp after refresh = v%d expiring %s; want v%d valid for a day", ts.Signed.Version, ts.Signed.Expires, v1+1)
 	}
 	f.now = f.now.Add(5 * 24 * time.Hour) // the snapshot (7 days) is past half
-	r.Refresh()
+	r.Refresh(context.Background())
 	snap, err := new(metadata.Metadata[metadata.SnapshotType]).FromFile(filepath.Join(f.opts.Dir, "metadata", "2.snapshot.json"))
 	if err != nil || !snap.Signed.Expires.After(f.now.Add(6*24*time.Hour)) {
 		t.Fatalf("snapshot not re-signed: %v", err)
@@ -199,20 +199,20 @@ func TestReleaseRootRotationOfReleaseKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.release.UpdateRoot(next, nil); !errors.Is(err, problem.ErrConflict) {
+	if err := f.release.UpdateRoot(context.Background(), next, nil); !errors.Is(err, problem.ErrConflict) {
 		t.Fatalf("UpdateRoot(new release keys, old targets) = %v, want ErrConflict", err)
 	}
 	cur, _ := f.release.CurrentTargets()
 	oldSigned, _ := signing.Resign(cur, f.signT, f.now.Add(time.Hour))
 	var invalid *problem.InvalidError
-	if err := f.release.UpdateRoot(next, oldSigned); !errors.As(err, &invalid) {
+	if err := f.release.UpdateRoot(context.Background(), next, oldSigned); !errors.As(err, &invalid) {
 		t.Fatalf("UpdateRoot(targets signed by the removed key) = %v, want InvalidError", err)
 	}
 	if b, _ := f.release.Root(); bytes.Contains(b, []byte(`"version": 2`)) {
 		t.Fatal("a refused root update changed the root")
 	}
 	resigned, _ := signing.Resign(cur, dave, f.now.Add(time.Hour))
-	if err := f.release.UpdateRoot(next, resigned); err != nil {
+	if err := f.release.UpdateRoot(context.Background(), next, resigned); err != nil {
 		t.Fatalf("UpdateRoot(new keys, re-signed targets) = %v", err)
 	}
 	// A device starting from root v1 follows the chain to v2 and trusts
@@ -241,10 +241,10 @@ func TestReleaseRootUpdateRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	var invalid *problem.InvalidError
-	if err := r.UpdateRoot(next, nil); !errors.As(err, &invalid) {
+	if err := r.UpdateRoot(context.Background(), next, nil); !errors.As(err, &invalid) {
 		t.Fatalf("UpdateRoot(not signed by the old root keys) = %v, want InvalidError", err)
 	}
-	if err := r.UpdateRoot(f.root(t), nil); !errors.Is(err, problem.ErrConflict) {
+	if err := r.UpdateRoot(context.Background(), f.root(t), nil); !errors.Is(err, problem.ErrConflict) {
 		t.Fatalf("UpdateRoot(same version) = %v, want ErrConflict", err)
 	}
 	if _, err := os.Stat(filepath.Join(f.opts.Dir, "metadata", "2.root.json")); err == nil {
