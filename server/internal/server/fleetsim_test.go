@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -67,6 +68,9 @@ var simBinaries = sync.OnceValues(func() (string, error) {
 })
 
 func TestMain(m *testing.M) {
+	if os.Getenv(simBrokerEnv) != "" {
+		os.Exit(runSimBroker())
+	}
 	code := m.Run()
 	if dir, err := simBinaries(); err == nil && dir != "" {
 		os.RemoveAll(dir)
@@ -478,6 +482,88 @@ func (e *simEnv) rawBaseline(tb testing.TB, brokerURL string, clientTLS *tls.Con
 	return time.Since(start)
 }
 
+// serverClientTLS writes the server's client certificate for an external
+// broker (server.pem, server.key) and returns the TLS configuration of a
+// client with the server's identity.
+func (e *simEnv) serverClientTLS(tb testing.TB) *tls.Config {
+	tb.Helper()
+	certPath, keyPath := filepath.Join(e.dir, "server.pem"), filepath.Join(e.dir, "server.key")
+	e.issueFiles(tb, deviceca.ServerCN, x509.ExtKeyUsageClientAuth, nil, certPath, keyPath)
+	c, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &tls.Config{RootCAs: e.ca.Pool(), Certificates: []tls.Certificate{c}, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+}
+
+// simBrokerEnv makes the test binary run the embedded broker alone
+// (runSimBroker) instead of the tests.
+const simBrokerEnv = "AFTERCARE_FLEETSIM_BROKER"
+
+// startSimBroker runs the embedded broker for e's configuration in a
+// child process and returns its URL and a function that stops it.
+func (e *simEnv) startSimBroker(tb testing.TB) (string, func()) {
+	tb.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(append(os.Environ(), e.env...), simBrokerEnv+"=1")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		tb.Fatalf("embedded broker process: %v", err)
+	}
+	stop := sync.OnceFunc(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	})
+	tb.Cleanup(stop)
+	return strings.TrimSpace(line), stop
+}
+
+// runSimBroker is the child process of startSimBroker: the embedded broker
+// as startEmbeddedBroker starts it for the AFTERCARE_* configuration in
+// the environment, checking devices against the store, until SIGINT. It
+// prints the broker's URL when it listens.
+func runSimBroker() int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "embedded broker:", err); return 1 }
+	cfg, err := config.Load(nil, os.Getenv)
+	if err != nil {
+		return fail(err)
+	}
+	ca, err := deviceca.Open(cfg.DataDir, "", "", time.Now())
+	if err != nil {
+		return fail(err)
+	}
+	st, err := store.Open(context.Background(), string(cfg.DatabaseURL))
+	if err != nil {
+		return fail(err)
+	}
+	defer st.Close()
+	log := slog.New(slog.DiscardHandler)
+	fl, err := fleet.New(fleet.Options{Store: st, Log: log, CA: ca})
+	if err != nil {
+		return fail(err)
+	}
+	b, _, err := startEmbeddedBroker(cfg, ca, fl, log)
+	if err != nil {
+		return fail(err)
+	}
+	defer b.Close()
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer cancel()
+	fmt.Println(b.URL())
+	<-ctx.Done()
+	return 0
+}
+
 // simResult is one run's figures.
 type simResult struct {
 	rollout, raw time.Duration
@@ -495,36 +581,25 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 	case "embedded":
 		e = newSimEnv(tb, "")
 		e.enroll(tb, devices, sites)
-		// The baseline runs through the broker the server embeds, built by
-		// the same function with the same configuration, in this process.
-		e.withFleet(tb, func(_ *store.Store, fl *fleet.Service) {
-			b, clientTLS, err := startEmbeddedBroker(e.cfg, e.ca, fl, slog.New(slog.DiscardHandler))
-			if err != nil {
-				tb.Fatal(err)
-			}
-			defer b.Close()
-			if err := e.fleet.connectAll(b.URL(), e.ca.Pool()); err != nil {
-				tb.Fatal(err)
-			}
-			res.raw = e.rawBaseline(tb, b.URL(), clientTLS)
-			e.fleet.disconnectAll()
-		})
+		// The baseline runs through the broker the server embeds, started
+		// by the same function with the same configuration, in a process of
+		// its own (this test binary, see runSimBroker).
+		url, stop := e.startSimBroker(tb)
+		if err := e.fleet.connectAll(url, e.ca.Pool()); err != nil {
+			tb.Fatal(err)
+		}
+		res.raw = e.rawBaseline(tb, url, e.serverClientTLS(tb))
+		e.fleet.disconnectAll()
+		stop()
 	case "mosquitto":
 		m := startMosquitto(tb)
 		e = newSimEnv(tb, "ssl://"+m.addr)
 		e.enroll(tb, devices, sites)
 		m.configure(tb, e)
-		e.issueFiles(tb, deviceca.ServerCN, x509.ExtKeyUsageClientAuth, nil, filepath.Join(e.dir, "server.pem"), filepath.Join(e.dir, "server.key"))
-		clientTLS := &tls.Config{RootCAs: e.ca.Pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
-		c, err := tls.LoadX509KeyPair(filepath.Join(e.dir, "server.pem"), filepath.Join(e.dir, "server.key"))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		clientTLS.Certificates = []tls.Certificate{c}
 		if err := e.fleet.connectAll("ssl://"+m.addr, e.ca.Pool()); err != nil {
 			tb.Fatal(err)
 		}
-		res.raw = e.rawBaseline(tb, "ssl://"+m.addr, clientTLS)
+		res.raw = e.rawBaseline(tb, "ssl://"+m.addr, e.serverClientTLS(tb))
 		defer func() { res.brokerHWM, _ = procStatus(m.cmd.Process.Pid, "VmHWM") }()
 	default:
 		tb.Fatalf("unknown broker %q", brokerKind)
