@@ -20,7 +20,8 @@
 //
 // Limits: packet size, connected clients, inflight messages, receive
 // maximum and session expiry are bounded (Limits); mochi's defaults are
-// unbounded.
+// unbounded. Each connection's outbound queue is small (Limits.ClientQueue),
+// since every idle device pays for its own.
 package broker
 
 import (
@@ -57,6 +58,10 @@ type Limits struct {
 	MaxInflight      uint16        // QoS>0 messages held per client; default 65,535
 	ReceiveMaximum   uint16        // concurrent QoS>0 publishes per client; default 64
 	MaxSessionExpiry time.Duration // how long a disconnected session is kept; default 7 days
+	// ClientQueue is the packets queued for writing to one connection,
+	// the server's included; each connection allocates 8 bytes per packet
+	// at connect. Default 256.
+	ClientQueue int32
 }
 
 // DefaultLimits returns the limits used for zero fields.
@@ -73,6 +78,9 @@ func DefaultLimits() Limits {
 		MaxInflight:      65535,
 		ReceiveMaximum:   64,
 		MaxSessionExpiry: 7 * 24 * time.Hour,
+		// mochi's default queue of 8,192 packets costs 64 KiB per idle
+		// device; a device receives only its hints.
+		ClientQueue: 256,
 	}
 }
 
@@ -114,7 +122,7 @@ func Start(opts Options) (*Broker, error) {
 	caps.MaximumInflight = opts.Limits.MaxInflight
 	caps.ReceiveMaximum = opts.Limits.ReceiveMaximum
 	caps.MaximumSessionExpiryInterval = uint32(opts.Limits.MaxSessionExpiry / time.Second)
-	caps.MaximumClientWritesPending = 1024
+	caps.MaximumClientWritesPending = opts.Limits.ClientQueue
 	log := opts.Log.With("component", "broker")
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
@@ -161,6 +169,10 @@ func withDefaults(l Limits) Limits {
 	if l.MaxSessionExpiry == 0 {
 		l.MaxSessionExpiry = d.MaxSessionExpiry
 	}
+	if l.ClientQueue == 0 {
+		l.ClientQueue = d.ClientQueue
+	}
+
 	return l
 }
 
