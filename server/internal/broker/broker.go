@@ -160,7 +160,7 @@ func Start(opts Options) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
-	tcp := listeners.NewNet("mtls", tls.NewListener(ln, tlsConf))
+	tcp := listeners.NewNet("mtls", newHandshakeListener(ln, tlsConf, log))
 	if err := srv.AddListener(tcp); err != nil {
 		ln.Close()
 		return nil, err
