@@ -637,6 +637,10 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 	if succeeded != devices {
 		tb.Fatalf("rollout completed with %d of %d devices succeeded", succeeded, devices)
 	}
+	if d := os.Getenv("AFTERCARE_FLEETSIM_LOGS"); d != "" {
+		b, _ := os.ReadFile(e.serverLog)
+		os.WriteFile(filepath.Join(d, brokerKind+"-server.log"), b, 0o644)
+	}
 	if res.serverHWM, err = procStatus(e.server.Process.Pid, "VmHWM"); err != nil {
 		tb.Fatal(err)
 	}

@@ -40,7 +40,11 @@ import (
 // What it leaves out, so the figures measure the server and the broker:
 // signature checks and the release repository refresh (the agent's TUF
 // client), the image download and write, the reboot, and the agent's
-// on-disk outbox. The simulated devices share one HTTP connection pool.
+// on-disk outbox. The simulated devices share one HTTP connection pool,
+// and while every device fetches every file, a versioned file (immutable)
+// is parsed once for all: the devices' CPU is not the server's, and
+// 10,000 devices parsing the 256-bin snapshot would take most of the two
+// cores the server runs on.
 type simDevice struct {
 	id     string
 	cert   tls.Certificate
@@ -140,8 +144,9 @@ func (d *simDevice) install(ctx context.Context, from, target, version string) e
 // rolloutRepo reads the server's rollout repository as a device does,
 // without checking signatures.
 type rolloutRepo struct {
-	base string // e.g. http://127.0.0.1:8080/tuf/rollout/metadata/
-	http *http.Client
+	base   string // e.g. http://127.0.0.1:8080/tuf/rollout/metadata/
+	http   *http.Client
+	parsed sync.Map // versioned file name -> its parsed metadata
 }
 
 func newRolloutRepo(serverURL string) *rolloutRepo {
@@ -182,19 +187,13 @@ func (r *rolloutRepo) entry(ctx context.Context, deviceID string) (string, error
 	if err != nil {
 		return "", fmt.Errorf("timestamp: %w", err)
 	}
-	if b, err = r.get(ctx, fmt.Sprintf("%d.snapshot.json", ts.Signed.Meta["snapshot.json"].Version)); err != nil {
+	snap, err := fetchParsed[metadata.SnapshotType](ctx, r, fmt.Sprintf("%d.snapshot.json", ts.Signed.Meta["snapshot.json"].Version))
+	if err != nil {
 		return "", err
 	}
-	snap, err := new(metadata.Metadata[metadata.SnapshotType]).FromBytes(b)
+	top, err := fetchParsed[metadata.TargetsType](ctx, r, fmt.Sprintf("%d.targets.json", snap.Signed.Meta["targets.json"].Version))
 	if err != nil {
-		return "", fmt.Errorf("snapshot: %w", err)
-	}
-	if b, err = r.get(ctx, fmt.Sprintf("%d.targets.json", snap.Signed.Meta["targets.json"].Version)); err != nil {
 		return "", err
-	}
-	top, err := new(metadata.Metadata[metadata.TargetsType]).FromBytes(b)
-	if err != nil {
-		return "", fmt.Errorf("targets: %w", err)
 	}
 	path := protocol.AssignmentPath(deviceID)
 	role := metadata.TARGETS
@@ -207,11 +206,8 @@ func (r *rolloutRepo) entry(ctx context.Context, deviceID string) (string, error
 		if !ok {
 			return "", fmt.Errorf("snapshot names no %s", role)
 		}
-		if b, err = r.get(ctx, fmt.Sprintf("%d.%s.json", mf.Version, role)); err != nil {
+		if targets, err = fetchParsed[metadata.TargetsType](ctx, r, fmt.Sprintf("%d.%s.json", mf.Version, role)); err != nil {
 			return "", err
-		}
-		if targets, err = new(metadata.Metadata[metadata.TargetsType]).FromBytes(b); err != nil {
-			return "", fmt.Errorf("%s: %w", role, err)
 		}
 	}
 	tf, ok := targets.Signed.Targets[path]
@@ -223,6 +219,24 @@ func (r *rolloutRepo) entry(ctx context.Context, deviceID string) (string, error
 		return "", err
 	}
 	return c.Target, nil
+}
+
+// fetchParsed fetches a versioned metadata file and parses it, or takes
+// the parse of the same file from an earlier device.
+func fetchParsed[T metadata.Roles](ctx context.Context, r *rolloutRepo, name string) (*metadata.Metadata[T], error) {
+	b, err := r.get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if m, ok := r.parsed.Load(name); ok {
+		return m.(*metadata.Metadata[T]), nil
+	}
+	m, err := new(metadata.Metadata[T]).FromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	r.parsed.Store(name, m)
+	return m, nil
 }
 
 // simFleet is a set of connected devices sharing one action.
