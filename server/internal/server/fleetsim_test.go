@@ -577,6 +577,7 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 	tb.Helper()
 	var res simResult
 	var e *simEnv
+	var mosq *mosquittoProc
 	switch brokerKind {
 	case "embedded":
 		e = newSimEnv(tb, "")
@@ -593,6 +594,7 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 		stop()
 	case "mosquitto":
 		m := startMosquitto(tb)
+		mosq = m
 		e = newSimEnv(tb, "ssl://"+m.addr)
 		e.enroll(tb, devices, sites)
 		m.configure(tb, e)
@@ -600,7 +602,6 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 			tb.Fatal(err)
 		}
 		res.raw = e.rawBaseline(tb, "ssl://"+m.addr, e.serverClientTLS(tb))
-		defer func() { res.brokerHWM, _ = procStatus(m.cmd.Process.Pid, "VmHWM") }()
 	default:
 		tb.Fatalf("unknown broker %q", brokerKind)
 	}
@@ -643,6 +644,11 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 	}
 	if res.serverHWM, err = procStatus(e.server.Process.Pid, "VmHWM"); err != nil {
 		tb.Fatal(err)
+	}
+	if mosq != nil {
+		if res.brokerHWM, err = procStatus(mosq.cmd.Process.Pid, "VmHWM"); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	e.fleet.disconnectAll()
 	return res
