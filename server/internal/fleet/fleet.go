@@ -194,12 +194,13 @@ func (s *Service) RecordReport(ctx context.Context, deviceID string, payload []b
 	s.committing = true
 	s.reportMu.Unlock()
 	if lead {
-		s.commitReports(ctx)
-	}
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		return ctx.Err()
+		s.commitReports(ctx) // p's batch is among those it commits
+	} else {
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	if p.res.Err == nil && p.res.Inserted {
 		s.opts.Log.Info("device state", "device_id", deviceID, "seq", r.Seq, "state", r.State, "running", r.Running, "target", r.Target, "reason", r.Reason)
