@@ -20,7 +20,12 @@
 //
 // Limits: packet size, connected clients, inflight messages, receive
 // maximum and session expiry are bounded (Limits); mochi's defaults are
-// unbounded.
+// unbounded. Each connection's outbound queue is small (Limits.ClientQueue),
+// since every idle device pays for its own, and devices' publishes wait
+// while the server's own connection holds Limits.ServerWindow
+// unacknowledged messages, so the server's queue never overflows: mochi
+// drops a message, QoS 1 included, that finds a subscriber's queue full
+// (see serverWindow).
 package broker
 
 import (
@@ -57,6 +62,19 @@ type Limits struct {
 	MaxInflight      uint16        // QoS>0 messages held per client; default 65,535
 	ReceiveMaximum   uint16        // concurrent QoS>0 publishes per client; default 64
 	MaxSessionExpiry time.Duration // how long a disconnected session is kept; default 7 days
+	// ClientQueue is the packets queued for writing to one connection,
+	// the server's included; each connection allocates 8 bytes per packet
+	// at connect. Default 256.
+	ClientQueue int32
+	// ServerWindow is how many messages the server's own connection may
+	// hold unacknowledged before devices' publishes wait; it must be
+	// smaller than ClientQueue. Default 192.
+	ServerWindow int
+	// ServerWait is the longest a device's publish waits for the server
+	// window; past it the broker closes the device's connection without
+	// acknowledging, and the device sends again after reconnecting.
+	// Default 10 s.
+	ServerWait time.Duration
 }
 
 // DefaultLimits returns the limits used for zero fields.
@@ -73,6 +91,11 @@ func DefaultLimits() Limits {
 		MaxInflight:      65535,
 		ReceiveMaximum:   64,
 		MaxSessionExpiry: 7 * 24 * time.Hour,
+		// mochi's default queue of 8,192 packets costs 64 KiB per idle
+		// device; a device receives only its hints.
+		ClientQueue:  256,
+		ServerWindow: 192,
+		ServerWait:   10 * time.Second,
 	}
 }
 
@@ -108,19 +131,23 @@ func Start(opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker: ServerCN %q could be a device ID; it must hold a character device IDs cannot", opts.ServerCN)
 	}
 	opts.Limits = withDefaults(opts.Limits)
+	if opts.Limits.ServerWindow >= int(opts.Limits.ClientQueue) {
+		return nil, fmt.Errorf("broker: ServerWindow %d must be smaller than ClientQueue %d", opts.Limits.ServerWindow, opts.Limits.ClientQueue)
+	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = opts.Limits.MaxPacketBytes
 	caps.MaximumClients = opts.Limits.MaxClients
 	caps.MaximumInflight = opts.Limits.MaxInflight
 	caps.ReceiveMaximum = opts.Limits.ReceiveMaximum
 	caps.MaximumSessionExpiryInterval = uint32(opts.Limits.MaxSessionExpiry / time.Second)
-	caps.MaximumClientWritesPending = 1024
+	caps.MaximumClientWritesPending = opts.Limits.ClientQueue
 	log := opts.Log.With("component", "broker")
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       log,
 	})
-	if err := srv.AddHook(&authHook{opts: opts, log: log}, nil); err != nil {
+	hook := &authHook{opts: opts, log: log, window: newServerWindow(opts.Limits.ServerWindow, opts.Limits.ServerWait)}
+	if err := srv.AddHook(hook, nil); err != nil {
 		return nil, err
 	}
 	tlsConf := opts.TLS.Clone()
@@ -133,7 +160,7 @@ func Start(opts Options) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
-	tcp := listeners.NewNet("mtls", tls.NewListener(ln, tlsConf))
+	tcp := listeners.NewNet("mtls", newHandshakeListener(ln, tlsConf, log))
 	if err := srv.AddListener(tcp); err != nil {
 		ln.Close()
 		return nil, err
@@ -160,6 +187,15 @@ func withDefaults(l Limits) Limits {
 	}
 	if l.MaxSessionExpiry == 0 {
 		l.MaxSessionExpiry = d.MaxSessionExpiry
+	}
+	if l.ClientQueue == 0 {
+		l.ClientQueue = d.ClientQueue
+	}
+	if l.ServerWindow == 0 {
+		l.ServerWindow = d.ServerWindow
+	}
+	if l.ServerWait == 0 {
+		l.ServerWait = d.ServerWait
 	}
 	return l
 }
@@ -192,14 +228,16 @@ func (b *Broker) Close() error { return b.srv.Close() }
 
 type authHook struct {
 	mqtt.HookBase
-	opts Options
-	log  *slog.Logger
+	opts   Options
+	log    *slog.Logger
+	window *serverWindow
 }
 
 func (h *authHook) ID() string { return "aftercare-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosComplete}, []byte{b})
 }
 
 // peer returns the client's verified certificate, or nil. The TLS
@@ -276,3 +314,30 @@ func (h *authHook) deviceMayWrite(device, topic string) bool {
 	kind, ok := strings.CutPrefix(topic, h.opts.TopicPrefix+"/dev/"+device+"/")
 	return ok && protocol.DeviceWritable(kind)
 }
+
+// OnSessionEstablished notes the server's own connections for the window.
+func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if identity(cl) == h.opts.ServerCN {
+		h.window.addServer(cl)
+	}
+}
+
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.window.disconnected(cl) }
+
+// OnPublish holds a device's publish, before the broker acknowledges it,
+// until the server's window has room (serverWindow). One that waited too
+// long is dropped unacknowledged and its connection closed, so the device
+// sends it again.
+func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.window.isServer(cl) || h.window.admit(cl) {
+		return pk, nil
+	}
+	h.log.Warn("device publish not taken: the server's window stayed full; closing the connection so the device sends it again",
+		"device_id", cl.ID, "waited", h.opts.Limits.ServerWait)
+	cl.Stop(packets.ErrServerBusy)
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *authHook) OnPublished(cl *mqtt.Client, _ packets.Packet) { h.window.published(cl) }
+
+func (h *authHook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) { h.window.acknowledged(cl) }

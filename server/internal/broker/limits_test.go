@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/pem"
+	"fmt"
 	"log/slog"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/aftercare/aftercare/protocol"
 	"github.com/aftercare/aftercare/server/internal/broker"
@@ -60,5 +65,112 @@ func TestEmbeddedBrokerLimits(t *testing.T) {
 	}
 	if got := reports.all(); len(got) != 0 {
 		t.Fatalf("the oversized report was delivered: %d messages", len(got))
+	}
+}
+
+// TestServerWindow checks the flow control between devices and the
+// server's connection: with a queue of 8 packets per connection and a
+// window of 4, the server never holds more than 4 unacknowledged
+// messages while three devices send 60 at once, and every one arrives
+// once the server acknowledges.
+func TestServerWindow(t *testing.T) {
+	const window, perDevice = 4, 20
+	p := newPKI(t)
+	b, err := broker.Start(broker.Options{
+		Listen: "127.0.0.1:0", TopicPrefix: prefix,
+		TLS:      &tls.Config{Certificates: []tls.Certificate{p.broker}, ClientCAs: p.ca.Pool()},
+		ServerCN: deviceca.ServerCN, Devices: p.devices,
+		Limits: broker.Limits{ClientQueue: 8, ServerWindow: window},
+		Log:    slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	srvCert := p.certs[deviceca.ServerCN]
+	srv := paho.NewClient(paho.NewClientOptions().AddBroker(b.URL()).SetClientID("srv").
+		SetTLSConfig(&tls.Config{RootCAs: p.ca.Pool(), Certificates: []tls.Certificate{srvCert}, MinVersion: tls.VersionTLS12}).
+		SetAutoAckDisabled(true).SetOrderMatters(false).SetAutoReconnect(false))
+	if tok := srv.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("server connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { srv.Disconnect(0) })
+	var (
+		mu       sync.Mutex
+		held     []paho.Message
+		got      = map[string]bool{}
+		overfull int
+	)
+	tok := srv.Subscribe("$share/g/"+protocol.DeviceWildcard(prefix, protocol.KindState), 1, func(_ paho.Client, m paho.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		held = append(held, m)
+		got[string(m.Payload())] = true
+		if len(held) > window {
+			overfull = max(overfull, len(held))
+		}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	var tokens []paho.Token
+	for _, id := range []string{"dev-a", "dev-b", "dev-c"} {
+		cert := p.certs[id]
+		d, err := dial(t, p, b.URL(), dialOptions{cert: &cert, clientID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range perDevice {
+			tokens = append(tokens, d.Publish(protocol.DeviceTopic(prefix, id, protocol.KindState), 1, false, fmt.Sprintf("%s-%d", id, i)))
+		}
+	}
+	total := 3 * perDevice
+	for {
+		var batch []paho.Message
+		waitUntil(t, "the server holds a full window or every message", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(held) >= window || len(got) == total && len(held) > 0 {
+				batch, held = held, nil
+				return true
+			}
+			return len(got) == total
+		})
+		for _, m := range batch {
+			m.Ack()
+		}
+		mu.Lock()
+		done := len(got) == total && len(held) == 0
+		mu.Unlock()
+		if done {
+			break
+		}
+	}
+	for _, tok := range tokens {
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("device publish: %v", tok.Error())
+		}
+	}
+	if overfull > 0 {
+		t.Errorf("the server held %d unacknowledged messages, more than the window of %d", overfull, window)
+	}
+	if len(got) != total {
+		t.Errorf("%d of %d messages arrived", len(got), total)
+	}
+}
+
+// TestServerWindowMustFitTheQueue checks that a window the server's queue
+// cannot hold is refused.
+func TestServerWindowMustFitTheQueue(t *testing.T) {
+	p := newPKI(t)
+	_, err := broker.Start(broker.Options{
+		Listen: "127.0.0.1:0", TopicPrefix: prefix,
+		TLS:      &tls.Config{Certificates: []tls.Certificate{p.broker}, ClientCAs: p.ca.Pool()},
+		ServerCN: deviceca.ServerCN, Devices: p.devices,
+		Limits: broker.Limits{ClientQueue: 8, ServerWindow: 8},
+		Log:    slog.New(slog.DiscardHandler),
+	})
+	if err == nil || !strings.Contains(err.Error(), "ServerWindow 8 must be smaller than ClientQueue 8") {
+		t.Fatalf("err = %v, want the window refused", err)
 	}
 }

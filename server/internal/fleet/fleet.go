@@ -57,6 +57,10 @@ type Service struct {
 	deviceBroker string // guarded by mu
 	cutoff       Cutoff // guarded by mu
 	crlNumber    int64  // guarded by mu
+
+	reportMu   sync.Mutex
+	reports    []*pendingReport // guarded by reportMu; waiting for a group commit
+	committing bool             // guarded by reportMu; a caller is committing
 }
 
 // New returns a Service.
@@ -172,19 +176,84 @@ func (s *Service) CreateEnrollmentTokens(ctx context.Context, siteID string, n i
 // RecordReport parses and stores a state report a device sent over MQTT.
 // A malformed report is a *problem.InvalidError; a report from a device
 // that is not enrolled wraps problem.ErrNotFound.
+//
+// Reports that arrive while another caller's commit runs are stored
+// together in the next transaction (a group commit): the caller whose
+// report finds no commit running commits, for itself and for whoever
+// queued meanwhile, until the queue is empty; the others wait for their
+// result. Each caller returns only once its report is durable.
 func (s *Service) RecordReport(ctx context.Context, deviceID string, payload []byte) error {
 	r, err := protocol.ParseStateReport(payload)
 	if err != nil {
 		return problem.InvalidFrom(err)
 	}
-	inserted, err := s.opts.Store.RecordReport(ctx, deviceID, r, s.opts.Now())
-	if err != nil {
-		return err
+	p := &pendingReport{in: store.ReportIn{DeviceID: deviceID, Report: r, Received: s.opts.Now()}, done: make(chan struct{})}
+	s.reportMu.Lock()
+	s.reports = append(s.reports, p)
+	lead := !s.committing
+	s.committing = true
+	s.reportMu.Unlock()
+	if lead {
+		s.commitReports(ctx) // p's batch is among those it commits
+	} else {
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	if inserted {
+	if p.res.Err == nil && p.res.Inserted {
 		s.opts.Log.Info("device state", "device_id", deviceID, "seq", r.Seq, "state", r.State, "running", r.Running, "target", r.Target, "reason", r.Reason)
 	}
-	return nil
+	return p.res.Err
+}
+
+// maxReportBatch bounds the reports of one group commit, and
+// reportCommitTimeout its time.
+const (
+	maxReportBatch      = 256
+	reportCommitTimeout = 30 * time.Second
+)
+
+// A pendingReport waits for its group commit.
+type pendingReport struct {
+	in   store.ReportIn
+	res  store.ReportResult
+	done chan struct{} // closed when res is set
+}
+
+// commitReports commits queued reports until none is left. Only the
+// caller that set s.committing runs it.
+func (s *Service) commitReports(ctx context.Context) {
+	for {
+		s.reportMu.Lock()
+		n := min(len(s.reports), maxReportBatch)
+		batch := s.reports[:n:n]
+		s.reports = s.reports[n:]
+		if n == 0 {
+			s.committing = false
+			s.reportMu.Unlock()
+			return
+		}
+		s.reportMu.Unlock()
+		in := make([]store.ReportIn, n)
+		for i, p := range batch {
+			in[i] = p.in
+		}
+		// The batch holds other callers' reports: the leader's deadline
+		// must not fail them.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reportCommitTimeout)
+		res, err := s.opts.Store.RecordReports(bctx, in)
+		cancel()
+		for i, p := range batch {
+			if err != nil {
+				p.res = store.ReportResult{Err: err}
+			} else {
+				p.res = res[i]
+			}
+			close(p.done)
+		}
+	}
 }
 
 // SitePatchState returns the patch state of one site.

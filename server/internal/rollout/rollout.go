@@ -216,13 +216,26 @@ func (e *Engine) hint(ctx context.Context, ids []string, reason string) {
 	if h == nil {
 		return
 	}
+	// Each hint waits for the broker's acknowledgement; hintsInFlight at
+	// a time keep a wave of thousands from taking thousands of round trips.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, hintsInFlight)
 	for _, id := range ids {
-		if err := h.Hint(ctx, id, reason); err != nil {
-			// Devices poll too; a lost hint only delays them.
-			e.opts.Log.Warn("hint not sent", "device_id", id, "err", err)
-		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := h.Hint(ctx, id, reason); err != nil {
+				// Devices poll too; a lost hint only delays them.
+				e.opts.Log.Warn("hint not sent", "device_id", id, "err", err)
+			}
+		}()
 	}
+	wg.Wait()
 }
+
+// hintsInFlight bounds the hints awaiting the broker's acknowledgement.
+const hintsInFlight = 32
 
 // audit passes a decision to the Audit hook. refused is the reason the
 // decision was refused, or nil.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/aftercare/aftercare/protocol"
+	"github.com/aftercare/aftercare/server/internal/problem"
 )
 
 // A Selector says which devices a rollout targets. Models defaults to the
@@ -81,39 +83,83 @@ func (p scanPrefix) Scan(dest ...any) error {
 // sequence number (a redelivery). A report older than the device's newest
 // is kept in its history but does not change the device's current state.
 func (s *Store) RecordReport(ctx context.Context, deviceID string, r *protocol.StateReport, received time.Time) (bool, error) {
-	inserted := false
+	res, err := s.RecordReports(ctx, []ReportIn{{DeviceID: deviceID, Report: r, Received: received}})
+	if err != nil {
+		return false, err
+	}
+	return res[0].Inserted, res[0].Err
+}
+
+// A ReportIn is one state report to store.
+type ReportIn struct {
+	DeviceID string
+	Report   *protocol.StateReport
+	Received time.Time
+}
+
+// A ReportResult says how storing one report ended.
+type ReportResult struct {
+	Inserted bool  // false: a redelivery, nothing changed
+	Err      error // wraps problem.ErrNotFound for a device that is not enrolled
+}
+
+// RecordReports stores reports as RecordReport does, in one transaction
+// (a group commit). A report from a device that is not enrolled gets its
+// own error and the others are stored; any other failure stores none and
+// is returned.
+func (s *Store) RecordReports(ctx context.Context, reports []ReportIn) ([]ReportResult, error) {
+	out := make([]ReportResult, len(reports))
 	err := s.tx(ctx, func(q *txq) error {
-		var one int
-		if err := q.queryRow(ctx, `SELECT 1 FROM devices WHERE id = ?`, deviceID).Scan(&one); err != nil {
-			return notFound(err, fmt.Sprintf("device %q", deviceID))
-		}
-		res, err := q.exec(ctx, `INSERT INTO device_reports (device_id, seq, state, running, target, version, reason, dropped, reported_at, received_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`,
-			deviceID, int64(r.Seq), r.State, r.Running, r.Target, r.Version, r.Reason, int64(r.Dropped), formatTime(r.Time), formatTime(received))
-		if err != nil {
-			return fmt.Errorf("insert report: %w", err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil
-		}
-		inserted = true
-		var releaseID sql.NullString
-		if r.Target != "" {
-			err := q.queryRow(ctx, `SELECT id FROM releases WHERE target_path = ?`, r.Target).Scan(&releaseID)
-			if err != nil && err != sql.ErrNoRows {
+		for i, in := range reports {
+			inserted, err := recordReport(ctx, q, in.DeviceID, in.Report, in.Received)
+			if errors.Is(err, problem.ErrNotFound) {
+				out[i] = ReportResult{Err: err}
+				continue
+			}
+			if err != nil {
 				return err
 			}
+			out[i] = ReportResult{Inserted: inserted}
 		}
-		_, err = q.exec(ctx, `UPDATE devices SET state = ?, state_reason = ?, state_release_id = ?, installed_version = ?, last_seq = ?
-			WHERE id = ? AND last_seq < ?`,
-			r.State, r.Reason, releaseID, r.Running, int64(r.Seq), deviceID, int64(r.Seq))
-		if err != nil {
-			return fmt.Errorf("update device state: %w", err)
-		}
-		_, err = q.exec(ctx, `UPDATE devices SET last_seen = ? WHERE id = ?`, formatTime(received), deviceID)
-		return err
+		return nil
 	})
-	return inserted, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func recordReport(ctx context.Context, q *txq, deviceID string, r *protocol.StateReport, received time.Time) (bool, error) {
+	var one int
+	if err := q.queryRow(ctx, `SELECT 1 FROM devices WHERE id = ?`, deviceID).Scan(&one); err != nil {
+		return false, notFound(err, fmt.Sprintf("device %q", deviceID))
+	}
+	res, err := q.exec(ctx, `INSERT INTO device_reports (device_id, seq, state, running, target, version, reason, dropped, reported_at, received_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`,
+		deviceID, int64(r.Seq), r.State, r.Running, r.Target, r.Version, r.Reason, int64(r.Dropped), formatTime(r.Time), formatTime(received))
+	if err != nil {
+		return false, fmt.Errorf("insert report: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return false, nil
+	}
+	var releaseID sql.NullString
+	if r.Target != "" {
+		err := q.queryRow(ctx, `SELECT id FROM releases WHERE target_path = ?`, r.Target).Scan(&releaseID)
+		if err != nil && err != sql.ErrNoRows {
+			return false, err
+		}
+	}
+	_, err = q.exec(ctx, `UPDATE devices SET state = ?, state_reason = ?, state_release_id = ?, installed_version = ?, last_seq = ?
+		WHERE id = ? AND last_seq < ?`,
+		r.State, r.Reason, releaseID, r.Running, int64(r.Seq), deviceID, int64(r.Seq))
+	if err != nil {
+		return false, fmt.Errorf("update device state: %w", err)
+	}
+	if _, err = q.exec(ctx, `UPDATE devices SET last_seen = ? WHERE id = ?`, formatTime(received), deviceID); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // A Report is one stored state report.

@@ -171,6 +171,48 @@ func TestReportsAreDeduplicatedAndOrdered(t *testing.T) {
 	})
 }
 
+// TestRecordReportsInOneTransaction checks the group commit: a report
+// from a device that is not enrolled gets its own error, the others in
+// the batch are stored, and a redelivery in the same batch is not stored
+// twice.
+func TestRecordReportsInOneTransaction(t *testing.T) {
+	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
+		ctx := context.Background()
+		mustSite(t, s, "s1", "Site One")
+		mustDevice(t, s, "s1", "d1", "1.0.0")
+		mustDevice(t, s, "s1", "d2", "1.0.0")
+		rel := mustRelease(t, s, "r1", "1.1.0")
+		rep := func(seq uint64, state protocol.State, running string) *protocol.StateReport {
+			return &protocol.StateReport{Format: 1, Seq: seq, Time: t0, State: state, Running: running, Target: rel.TargetPath}
+		}
+		res, err := s.RecordReports(ctx, []store.ReportIn{
+			{DeviceID: "d1", Report: rep(1, protocol.StateDownloading, "1.0.0"), Received: t0},
+			{DeviceID: "ghost", Report: rep(1, protocol.StateDownloading, "1.0.0"), Received: t0},
+			{DeviceID: "d2", Report: rep(1, protocol.StateCommitted, "1.1.0"), Received: t0},
+			{DeviceID: "d1", Report: rep(1, protocol.StateDownloading, "1.0.0"), Received: t0},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res[0].Inserted || res[0].Err != nil || !res[2].Inserted || res[2].Err != nil {
+			t.Fatalf("enrolled devices' reports: %+v, %+v; want inserted", res[0], res[2])
+		}
+		if !errors.Is(res[1].Err, problem.ErrNotFound) {
+			t.Fatalf("unknown device's report: %v, want ErrNotFound", res[1].Err)
+		}
+		if res[3].Inserted || res[3].Err != nil {
+			t.Fatalf("redelivery in the same batch: %+v, want not inserted, no error", res[3])
+		}
+		d2, _ := s.Device(ctx, "d2")
+		if d2.State != protocol.StateCommitted || d2.InstalledVersion != "1.1.0" {
+			t.Fatalf("d2 after the batch: state %s version %s", d2.State, d2.InstalledVersion)
+		}
+		if reports, _ := s.Reports(ctx, "d1"); len(reports) != 1 {
+			t.Fatalf("d1 has %d reports, want 1", len(reports))
+		}
+	})
+}
+
 func TestPatchState(t *testing.T) {
 	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
 		ctx := context.Background()
