@@ -16,7 +16,14 @@
 //     subscribe only to its own hint topic;
 //   - a will message is checked like a publish at connect: mochi publishes
 //     a will without asking the ACL hook, so a connect with a will topic
-//     the client may not write is refused.
+//     the client may not write is refused;
+//   - a device is refused ("server unavailable") while no client holds a
+//     subscription to its state topic. An MQTT broker acknowledges a QoS 1
+//     publish to the device and then delivers it only to the subscriptions
+//     that exist at that moment: with none, the message is dropped, and the
+//     device has already deleted it from its outbox. A broker that has just
+//     started (its sessions are in memory) has none until the fleet
+//     server's client has subscribed; devices retry their connect.
 //
 // Limits: packet size, connected clients, inflight messages, receive
 // maximum and session expiry are bounded (Limits); mochi's defaults are
@@ -120,7 +127,10 @@ func Start(opts Options) (*Broker, error) {
 		Capabilities: caps,
 		Logger:       log,
 	})
-	if err := srv.AddHook(&authHook{opts: opts, log: log}, nil); err != nil {
+	if err := srv.AddHook(&authHook{opts: opts, log: log, srv: srv}, nil); err != nil {
+		return nil, err
+	}
+	if err := srv.AddHook(newTakeoverHook(srv), nil); err != nil {
 		return nil, err
 	}
 	tlsConf := opts.TLS.Clone()
@@ -194,12 +204,37 @@ type authHook struct {
 	mqtt.HookBase
 	opts Options
 	log  *slog.Logger
+	srv  *mqtt.Server
 }
 
 func (h *authHook) ID() string { return "aftercare-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+}
+
+// errNoSubscriber refuses a device's connect while nobody would receive
+// its reports.
+var errNoSubscriber = errors.New("no subscriber for device reports yet")
+
+// OnConnect refuses a device while no client (the fleet server's, in
+// practice) is subscribed to its state topic: see the package comment.
+// Refusing the connect, rather than its publishes, keeps the messages in
+// the device's outbox, which it sends once it is let in.
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	id := identity(cl)
+	if id == h.opts.ServerCN || !protocol.ValidID(id) {
+		return nil // OnConnectAuthenticate decides
+	}
+	subs := h.srv.Topics.Subscribers(protocol.DeviceTopic(h.opts.TopicPrefix, id, protocol.KindState))
+	if len(subs.Shared) > 0 || len(subs.Subscriptions) > 0 {
+		return nil
+	}
+	h.log.Debug("broker refused a device: no subscriber for device reports yet", "device_id", id)
+	if err := h.srv.SendConnack(cl, packets.ErrServerUnavailable, false, nil); err != nil {
+		return err
+	}
+	return errNoSubscriber
 }
 
 // peer returns the client's verified certificate, or nil. The TLS

@@ -38,6 +38,7 @@ func benchIngest(b *testing.B, dbURL, rawURL string) {
 	ids := enroll(b, s, "site-a", benchDevices)
 	enroll(b, raw, "site-a", benchDevices)
 	f := newFleet(b, s)
+	srv := f.startServer(b, ingest.Options{Rate: 1e6, Burst: 1e6}) // the broker lets devices in once it has subscribed
 	devs := make([]*device, len(ids))
 	var wg sync.WaitGroup
 	for i, id := range ids {
@@ -51,7 +52,6 @@ func benchIngest(b *testing.B, dbURL, rawURL string) {
 		}
 	}
 	wg.Wait()
-	srv := f.startServer(b, ingest.Options{Rate: 1e6, Burst: 1e6})
 	ctx := context.Background()
 
 	var ingestTime, rawTime time.Duration

@@ -2,7 +2,6 @@ package ingest_test
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -30,26 +29,18 @@ func countEvents(t *testing.T, s *store.Store) map[string]int {
 // and ingester while devices publish: whatever was delivered but not
 // acknowledged, and whatever was published while the server was away, is
 // stored exactly once.
-//
-// Known failure (see notes/issue-7-events.md): across the restart a few
-// messages (5-20 of 240) are neither stored nor redelivered within two
-// minutes, with the embedded broker and paho; nothing is stored twice.
-// Set AFTERCARE_TEST_KNOWN_LOSS=1 to run it until that is fixed.
 func TestRestartMidStreamStoresEachEventOnce(t *testing.T) {
-	if os.Getenv("AFTERCARE_TEST_KNOWN_LOSS") == "" {
-		t.Skip("known loss across a server restart with the embedded broker; AFTERCARE_TEST_KNOWN_LOSS=1 runs it (notes/issue-7-events.md)")
-	}
 	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		const devices, perDevice, size = 20, 60, 5
 		f := newFleet(t, s)
 		ids := enroll(t, s, "site-a", devices)
+		srv := f.startServer(t, ingest.Options{MaxBatch: 16}) // the broker lets devices in once it has subscribed
 		var devs []*device
 		for _, id := range ids {
 			devs = append(devs, f.connect(t, id))
 		}
-		srv := f.startServer(t, ingest.Options{MaxBatch: 16})
 		sendAll(t, devs, 1, perDevice/3, size)
 		// Restart while the first third may still be in flight.
 		srv.stop()
@@ -85,8 +76,8 @@ func TestBadInputIsRejectedAndCounted(t *testing.T) {
 		defer cancel()
 		f := newFleet(t, s)
 		ids := enroll(t, s, "site-a", 3)
-		good, bad, revoked := f.connect(t, ids[0]), f.connect(t, ids[1]), f.connect(t, ids[2])
 		srv := f.startServer(t, ingest.Options{Rate: 1, Burst: 10})
+		good, bad, revoked := f.connect(t, ids[0]), f.connect(t, ids[1]), f.connect(t, ids[2])
 		if _, err := s.RevokeDevice(ctx, ids[2], "stolen", t0); err != nil {
 			t.Fatal(err)
 		}
