@@ -28,43 +28,49 @@ func countEvents(t *testing.T, s *store.Store) map[string]int {
 // TestRestartMidStreamStoresEachEventOnce restarts the server's MQTT client
 // and ingester while devices publish: whatever was delivered but not
 // acknowledged, and whatever was published while the server was away, is
-// stored exactly once.
+// stored exactly once. Through the embedded broker and through Mosquitto.
 func TestRestartMidStreamStoresEachEventOnce(t *testing.T) {
-	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		const devices, perDevice, size = 20, 60, 5
-		f := newFleet(t, s)
-		ids := enroll(t, s, "site-a", devices)
-		srv := f.startServer(t, ingest.Options{MaxBatch: 16}) // the broker lets devices in once it has subscribed
-		var devs []*device
-		for _, id := range ids {
-			devs = append(devs, f.connect(t, id))
-		}
-		sendAll(t, devs, 1, perDevice/3, size)
-		// Restart while the first third may still be in flight.
-		srv.stop()
-		sendAll(t, devs, perDevice/3+1, perDevice/3, size) // published while no server is connected
-		srv = f.startServer(t, ingest.Options{MaxBatch: 16})
-		sendAll(t, devs, 2*perDevice/3+1, perDevice/3, size)
-		want := devices * perDevice
-		err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool {
-			n, _ := s.Events(ctx, store.EventFilter{Limit: store.MaxEventRows})
-			return len(n) >= want
-		})
-		if err != nil {
-			t.Fatalf("waiting for %d events: %v (stats %+v, stored %d)", want, err, srv.in.Stats(), len(countEvents(t, s)))
-		}
-		for _, id := range ids {
-			if got := countEvents(t, s)[id]; got != perDevice {
-				t.Errorf("device %s has %d events stored, want %d", id, got, perDevice)
-			}
-			gaps, last, _, err := s.SeqGaps(ctx, id)
-			if err != nil || len(gaps) != 0 || last != perDevice {
-				t.Errorf("SeqGaps(%s) = %v, %d, %v; want no gaps up to %d", id, gaps, last, err, perDevice)
-			}
-		}
+	t.Run("embedded", func(t *testing.T) {
+		storetest.ForEach(t, func(t *testing.T, s *store.Store) { restartMidStream(t, s, newFleet(t, s)) })
 	})
+	t.Run("mosquitto", func(t *testing.T) {
+		storetest.ForEach(t, func(t *testing.T, s *store.Store) { restartMidStream(t, s, newMosquittoFleet(t, s)) })
+	})
+}
+
+func restartMidStream(t *testing.T, s *store.Store, f *fleet) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const devices, perDevice, size = 20, 60, 5
+	ids := enroll(t, s, "site-a", devices)
+	srv := f.startServer(t, ingest.Options{MaxBatch: 16}) // the broker lets devices in once it has subscribed
+	var devs []*device
+	for _, id := range ids {
+		devs = append(devs, f.connect(t, id))
+	}
+	sendAll(t, devs, 1, perDevice/3, size)
+	// Restart while the first third may still be in flight.
+	srv.stop()
+	sendAll(t, devs, perDevice/3+1, perDevice/3, size) // published while no server is connected
+	srv = f.startServer(t, ingest.Options{MaxBatch: 16})
+	sendAll(t, devs, 2*perDevice/3+1, perDevice/3, size)
+	want := devices * perDevice
+	err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool {
+		n, _ := s.Events(ctx, store.EventFilter{Limit: store.MaxEventRows})
+		return len(n) >= want
+	})
+	if err != nil {
+		t.Fatalf("waiting for %d events: %v (stats %+v, stored %d)", want, err, srv.in.Stats(), len(countEvents(t, s)))
+	}
+	for _, id := range ids {
+		if got := countEvents(t, s)[id]; got != perDevice {
+			t.Errorf("device %s has %d events stored, want %d", id, got, perDevice)
+		}
+		gaps, last, _, err := s.SeqGaps(ctx, id)
+		if err != nil || len(gaps) != 0 || last != perDevice {
+			t.Errorf("SeqGaps(%s) = %v, %d, %v; want no gaps up to %d", id, gaps, last, err, perDevice)
+		}
+	}
 }
 
 // TestBadInputIsRejectedAndCounted sends every kind of bad message next to
