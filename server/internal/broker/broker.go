@@ -130,7 +130,7 @@ func Start(opts Options) (*Broker, error) {
 	if err := srv.AddHook(&authHook{opts: opts, log: log, srv: srv}, nil); err != nil {
 		return nil, err
 	}
-	if err := srv.AddHook(newTakeoverHook(srv), nil); err != nil {
+	if err := srv.AddHook(newRescueHook(srv), nil); err != nil {
 		return nil, err
 	}
 	tlsConf := opts.TLS.Clone()

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -100,5 +101,77 @@ func TestDevicesWaitForTheServer(t *testing.T) {
 	}
 	if _, err := dial(t, p, b.url, dialOptions{cert: &a, clientID: "dev-a"}); err != nil {
 		t.Fatalf("a device was refused with the server subscribed: %v", err)
+	}
+}
+
+// TestSlowServerLosesNothing: while the server's client reads nothing,
+// devices publish far more than mochi's queue of pending writes per
+// client (1,024) and the socket buffers hold; once it reads again, every
+// report a device had acknowledged reaches it. mochi dropped a message
+// that found the queue full (see takeover.go, OnPublishDropped).
+func TestSlowServerLosesNothing(t *testing.T) {
+	p := newPKI(t)
+	b := startEmbedded(t, p)
+	const perDevice = 3000
+	devices := []string{"dev-a", "dev-b"}
+	payload := strings.Repeat("x", 16<<10)
+
+	release := make(chan struct{})
+	var mu sync.Mutex
+	got := map[string]bool{} // guarded by mu
+	handle := func(_ paho.Client, m paho.Message) {
+		<-release
+		mu.Lock()
+		got[strings.TrimSuffix(string(m.Payload()), payload)] = true
+		mu.Unlock()
+	}
+	srv := paho.NewClient(paho.NewClientOptions().AddBroker(b.url).SetClientID("aftercare-server-test").
+		SetTLSConfig(&tls.Config{RootCAs: p.ca.Pool(), Certificates: []tls.Certificate{p.certs[deviceca.ServerCN]}, MinVersion: tls.VersionTLS12}).
+		SetCleanSession(false).SetOrderMatters(true).SetKeepAlive(time.Minute))
+	if tok := srv.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("server connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { srv.Disconnect(0) })
+	if tok := srv.Subscribe("$share/g/"+protocol.DeviceWildcard(prefix, protocol.KindState), 1, handle); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("server subscribe: %v", tok.Error())
+	}
+	var wg sync.WaitGroup
+	for _, id := range devices {
+		c := p.certs[id]
+		dev, err := dial(t, p, b.url, dialOptions{cert: &c, clientID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var toks []paho.Token
+			for i := range perDevice {
+				toks = append(toks, dev.Publish(protocol.DeviceTopic(prefix, id, protocol.KindState), 1, false, fmt.Sprintf("%s %d", id, i)+payload))
+			}
+			for i, tok := range toks {
+				if !tok.WaitTimeout(time.Minute) || tok.Error() != nil {
+					t.Errorf("%s publish %d: %v", id, i, tok.Error())
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second) // let the devices fill every queue
+	close(release)
+	wg.Wait()
+	want := perDevice * len(devices)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server received %d of %d acknowledged reports", n, want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
