@@ -40,6 +40,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -104,6 +105,7 @@ type Broker struct {
 	srv  *mqtt.Server
 	addr net.Addr
 	log  *slog.Logger
+	auth *authHook
 }
 
 // Start starts the broker listening on opts.Listen.
@@ -127,7 +129,8 @@ func Start(opts Options) (*Broker, error) {
 		Capabilities: caps,
 		Logger:       log,
 	})
-	if err := srv.AddHook(&authHook{opts: opts, log: log, srv: srv}, nil); err != nil {
+	auth := &authHook{opts: opts, log: log, srv: srv}
+	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, err
 	}
 	if err := srv.AddHook(newRescueHook(srv), nil); err != nil {
@@ -151,7 +154,7 @@ func Start(opts Options) (*Broker, error) {
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("broker: serve: %w", err)
 	}
-	return &Broker{srv: srv, addr: ln.Addr(), log: log}, nil
+	return &Broker{srv: srv, addr: ln.Addr(), log: log, auth: auth}, nil
 }
 
 func withDefaults(l Limits) Limits {
@@ -197,14 +200,73 @@ func (b *Broker) Disconnect(deviceID string) {
 	cl.Stop(packets.ErrNotAuthorized)
 }
 
-// Close stops the broker and disconnects every client.
+// Close stops the broker and disconnects every client. Sessions and
+// the messages they hold are in memory only: see Drain.
 func (b *Broker) Close() error { return b.srv.Close() }
+
+// drainPoll is how often Drain looks at the broker's state.
+const drainPoll = 10 * time.Millisecond
+
+// Drain readies the broker to be closed without losing a message it has
+// acknowledged to a device: it refuses devices from now on, closes their
+// connections, waits until their last packets are handled, and then until
+// the server's client has acknowledged every message the broker holds for
+// it (the server acknowledges after commit), or ctx ends. Devices keep
+// what was not acknowledged to them in their outbox and send it to the
+// next broker. Call it while the server's client and what it feeds still
+// run; then close them and the broker. A broker that dies without Drain
+// loses the messages it acknowledged and had not yet delivered.
+func (b *Broker) Drain(ctx context.Context) error {
+	b.auth.draining.Store(true)
+	t := time.NewTicker(drainPoll)
+	defer t.Stop()
+	for {
+		// Close the devices' connections (again: one may have passed the
+		// connect check just before draining began). A connection counts
+		// in ClientsConnected until its last packet is handled, and a
+		// publish acknowledged to a device may be fanned out until then.
+		servers := int64(0)
+		for _, cl := range b.srv.Clients.GetAll() {
+			switch {
+			case cl.Net.Inline:
+			case identity(cl) == b.auth.opts.ServerCN:
+				if !cl.Closed() {
+					servers++
+				}
+			case !cl.Closed():
+				cl.Stop(packets.ErrServerShuttingDown)
+			}
+		}
+		if atomic.LoadInt64(&b.srv.Info.ClientsConnected) <= servers && b.serverInflight() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("broker: drain: %w (connected clients %d, messages not acknowledged by the server %d)",
+				ctx.Err(), atomic.LoadInt64(&b.srv.Info.ClientsConnected), b.serverInflight())
+		case <-t.C:
+		}
+	}
+}
+
+// serverInflight counts the messages the server's sessions have not
+// acknowledged.
+func (b *Broker) serverInflight() int {
+	n := 0
+	for _, cl := range b.srv.Clients.GetAll() {
+		if !cl.Net.Inline && identity(cl) == b.auth.opts.ServerCN {
+			n += cl.State.Inflight.Len()
+		}
+	}
+	return n
+}
 
 type authHook struct {
 	mqtt.HookBase
-	opts Options
-	log  *slog.Logger
-	srv  *mqtt.Server
+	opts     Options
+	log      *slog.Logger
+	srv      *mqtt.Server
+	draining atomic.Bool // set by Drain: devices are refused
 }
 
 func (h *authHook) ID() string { return "aftercare-auth" }
@@ -226,11 +288,13 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if id == h.opts.ServerCN || !protocol.ValidID(id) {
 		return nil // OnConnectAuthenticate decides
 	}
-	subs := h.srv.Topics.Subscribers(protocol.DeviceTopic(h.opts.TopicPrefix, id, protocol.KindState))
-	if len(subs.Shared) > 0 || len(subs.Subscriptions) > 0 {
-		return nil
+	if !h.draining.Load() {
+		subs := h.srv.Topics.Subscribers(protocol.DeviceTopic(h.opts.TopicPrefix, id, protocol.KindState))
+		if len(subs.Shared) > 0 || len(subs.Subscriptions) > 0 {
+			return nil
+		}
 	}
-	h.log.Debug("broker refused a device: no subscriber for device reports yet", "device_id", id)
+	h.log.Debug("broker refused a device: no subscriber for device reports, or shutting down", "device_id", id)
 	if err := h.srv.SendConnack(cl, packets.ErrServerUnavailable, false, nil); err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ import (
 // session again and again while devices publish QoS 1 reports without
 // pause: every report a device had acknowledged reaches the server.
 // mochi stranded the reports fanned out to the old session during the
-// takeover (see takeover.go).
+// takeover (see rescue.go).
 func TestSessionTakeoverLosesNothing(t *testing.T) {
 	p := newPKI(t)
 	b := startEmbedded(t, p)
@@ -108,7 +108,7 @@ func TestDevicesWaitForTheServer(t *testing.T) {
 // devices publish far more than mochi's queue of pending writes per
 // client (1,024) and the socket buffers hold; once it reads again, every
 // report a device had acknowledged reaches it. mochi dropped a message
-// that found the queue full (see takeover.go, OnPublishDropped).
+// that found the queue full (see rescue.go, OnPublishDropped).
 func TestSlowServerLosesNothing(t *testing.T) {
 	p := newPKI(t)
 	b := startEmbedded(t, p)

@@ -37,6 +37,7 @@ var t0 = time.Date(2026, 11, 23, 2, 0, 0, 0, time.UTC)
 type fleet struct {
 	ca     *deviceca.CA
 	broker *broker.Broker // nil: external
+	opts   broker.Options // the embedded broker's, for a restart
 	url    string
 	store  *store.Store
 	server tls.Certificate
@@ -89,17 +90,39 @@ func newFleet(t testing.TB, s *store.Store) *fleet {
 		d, err := s.DeviceSites(ctx, []string{id})
 		return err == nil && len(d) == 1 && cert.Subject.CommonName == id
 	}
-	f.broker, err = broker.Start(broker.Options{
+	f.opts = broker.Options{
 		Listen: "127.0.0.1:0", TopicPrefix: prefix, ServerCN: deviceca.ServerCN, Devices: devices,
 		TLS: &tls.Config{Certificates: []tls.Certificate{brokerCert}, ClientCAs: ca.Pool(), MinVersion: tls.VersionTLS12},
 		Log: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
+	}
+	if f.broker, err = broker.Start(f.opts); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.broker.Close() })
 	f.url = f.broker.URL()
+	f.opts.Listen = f.broker.Addr().String() // a restart keeps the address
 	return f
+}
+
+// restart shuts the embedded broker and the server down as the fleet
+// server's process does (Server.Shutdown: drain the broker, stop the
+// server's client and ingester, close the broker) and starts both again
+// on the same address, keeping nothing but the store. The devices
+// reconnect by themselves.
+func (f *fleet) restart(t testing.TB, ss *serverSide, opts ingest.Options) *serverSide {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := f.broker.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ss.stop()
+	f.broker.Close()
+	var err error
+	if f.broker, err = broker.Start(f.opts); err != nil { // newFleet's cleanup closes it
+		t.Fatal(err)
+	}
+	return f.startServer(t, opts)
 }
 
 // forgetSession removes, once t is done, the persistent session a client
@@ -209,7 +232,7 @@ func (f *fleet) connect(t testing.TB, id string) *device {
 	f.forgetSession(t, f.tag+id)
 	c := paho.NewClient(paho.NewClientOptions().AddBroker(f.url).SetClientID(f.tag + id).
 		SetTLSConfig(f.tls(func() tls.Certificate { return issue(t, f.ca, id, x509.ExtKeyUsageClientAuth, nil) })).
-		SetCleanSession(false).SetAutoReconnect(true).SetConnectTimeout(30 * time.Second))
+		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(time.Second).SetConnectTimeout(30 * time.Second))
 	if tok := c.Connect(); !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
 		t.Fatalf("device %s connect: %v", id, tok.Error())
 	}
@@ -223,6 +246,24 @@ func (d *device) publish(t testing.TB, payload []byte) {
 	tok := d.client.Publish(protocol.DeviceTopic(d.prefix, d.id, protocol.KindEvents), 1, false, payload)
 	if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
 		t.Errorf("device %s publish: %v", d.id, tok.Error())
+	}
+}
+
+// deliver publishes payload as the agent's outbox does: again after a
+// failed attempt, until the broker acknowledged it (a minute at most).
+func (d *device) deliver(t testing.TB, payload []byte) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		tok := d.client.Publish(protocol.DeviceTopic(d.prefix, d.id, protocol.KindEvents), 1, false, payload)
+		if tok.WaitTimeout(time.Until(deadline)) && tok.Error() == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("device %s: no PUBACK within a minute: %v", d.id, tok.Error())
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

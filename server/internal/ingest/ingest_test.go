@@ -3,6 +3,8 @@ package ingest_test
 import (
 	"context"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,6 +73,67 @@ func restartMidStream(t *testing.T, s *store.Store, f *fleet) {
 			t.Errorf("SeqGaps(%s) = %v, %d, %v; want no gaps up to %d", id, gaps, last, err, perDevice)
 		}
 	}
+}
+
+// TestBrokerAndServerRestartMidRun restarts the embedded broker and the
+// server together, as a restart of the fleet server's process does, while
+// every device keeps publishing: the broker drains (devices refused and
+// disconnected, everything it acknowledged to them stored and
+// acknowledged by the server), both stop and start again on the same
+// address with nothing kept but the store, and the devices resend what
+// was not acknowledged (paho's store, and device.deliver, as the agent's
+// outbox: an entry goes only with its PUBACK). Every event is stored
+// exactly once.
+func TestBrokerAndServerRestartMidRun(t *testing.T) {
+	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		const devices, perDevice, size = 20, 200, 5
+		const messages = devices * perDevice / size
+		want := devices * perDevice
+		f := newFleet(t, s)
+		ids := enroll(t, s, "site-a", devices)
+		srv := f.startServer(t, ingest.Options{MaxBatch: 16})
+		var published atomic.Int64
+		third := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, id := range ids {
+			d := f.connect(t, id)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for seq := uint64(1); seq <= perDevice; seq += size {
+					d.deliver(t, batch(d.id, seq, size, protocol.CategoryApp))
+					if published.Add(1) == messages/3 {
+						close(third)
+					}
+					time.Sleep(5 * time.Millisecond) // a steady stream, not one burst
+				}
+			}()
+		}
+		<-third
+		first := srv
+		srv = f.restart(t, srv, ingest.Options{MaxBatch: 16})
+		restartedAt := published.Load()
+		wg.Wait()
+		before := first.in.Stats()
+		err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool { return before.Stored+st.Stored >= int64(want) })
+		after := srv.in.Stats()
+		if err != nil {
+			t.Fatalf("waiting for %d events: %v (stored %d before the restart, %d after)", want, err, before.Stored, after.Stored)
+		}
+		if n, err := s.CountEvents(ctx, ""); err != nil || n != int64(want) || before.Stored+after.Stored != int64(want) {
+			t.Fatalf("CountEvents = %d, %v; ingesters stored %d + %d; want %d", n, err, before.Stored, after.Stored, want)
+		}
+		for _, id := range ids {
+			gaps, last, _, err := s.SeqGaps(ctx, id)
+			if err != nil || len(gaps) != 0 || last != perDevice {
+				t.Errorf("SeqGaps(%s) = %v, %d, %v; want no gaps up to %d", id, gaps, last, err, perDevice)
+			}
+		}
+		t.Logf("restarted after %d of %d messages, back up at %d; stored %d events before the restart, %d after; %d redelivered events skipped as duplicates",
+			messages/3, messages, restartedAt, before.Stored, after.Stored, before.Duplicates+after.Duplicates)
+	})
 }
 
 // TestBadInputIsRejectedAndCounted sends every kind of bad message next to
