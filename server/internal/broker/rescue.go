@@ -127,8 +127,11 @@ func (h *rescueHook) deliver(cl *mqtt.Client, pk packets.Packet) {
 			sub, subscribed = s, true
 		}
 	}
-	if !subscribed || sub.Qos == 0 {
-		h.srv.Log.Warn("broker dropped a message: the session it was for holds no QoS 1 subscription to it now", "client", cl.ID, "topic", pk.TopicName)
+	if subscribed && sub.Qos == 0 {
+		return // QoS 0 promises nothing
+	}
+	if !subscribed {
+		h.srv.Log.Warn("broker dropped a message: the session it was for is not subscribed to it now", "client", cl.ID, "topic", pk.TopicName)
 		return
 	}
 	id, err := cl.NextPacketID()
