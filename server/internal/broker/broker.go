@@ -16,16 +16,21 @@
 //     subscribe only to its own hint topic;
 //   - a will message is checked like a publish at connect: mochi publishes
 //     a will without asking the ACL hook, so a connect with a will topic
-//     the client may not write is refused.
+//     the client may not write is refused;
+//   - a device is refused ("server unavailable") while no client holds a
+//     subscription to its state topic. An MQTT broker acknowledges a QoS 1
+//     publish to the device and then delivers it only to the subscriptions
+//     that exist at that moment: with none, the message is dropped, and the
+//     device has already deleted it from its outbox. A broker that has just
+//     started (its sessions are in memory) has none until the fleet
+//     server's client has subscribed; devices retry their connect.
 //
 // Limits: packet size, connected clients, inflight messages, receive
 // maximum and session expiry are bounded (Limits); mochi's defaults are
 // unbounded. Each connection's outbound queue is small (Limits.ClientQueue),
-// since every idle device pays for its own, and devices' publishes wait
-// while the server's own connection holds Limits.ServerWindow
-// unacknowledged messages, so the server's queue never overflows: mochi
-// drops a message, QoS 1 included, that finds a subscriber's queue full
-// (see serverWindow).
+// since every idle device pays for its own; a QoS 1 message that finds a
+// subscriber's queue full, which mochi would drop after acknowledging it
+// to the device, is written by the rescue hook instead (rescue.go).
 package broker
 
 import (
@@ -38,6 +43,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -66,15 +72,6 @@ type Limits struct {
 	// the server's included; each connection allocates 8 bytes per packet
 	// at connect. Default 256.
 	ClientQueue int32
-	// ServerWindow is how many messages the server's own connection may
-	// hold unacknowledged before devices' publishes wait; it must be
-	// smaller than ClientQueue. Default 192.
-	ServerWindow int
-	// ServerWait is the longest a device's publish waits for the server
-	// window; past it the broker closes the device's connection without
-	// acknowledging, and the device sends again after reconnecting.
-	// Default 10 s.
-	ServerWait time.Duration
 }
 
 // DefaultLimits returns the limits used for zero fields.
@@ -93,9 +90,7 @@ func DefaultLimits() Limits {
 		MaxSessionExpiry: 7 * 24 * time.Hour,
 		// mochi's default queue of 8,192 packets costs 64 KiB per idle
 		// device; a device receives only its hints.
-		ClientQueue:  256,
-		ServerWindow: 192,
-		ServerWait:   10 * time.Second,
+		ClientQueue: 256,
 	}
 }
 
@@ -120,6 +115,7 @@ type Broker struct {
 	srv  *mqtt.Server
 	addr net.Addr
 	log  *slog.Logger
+	auth *authHook
 }
 
 // Start starts the broker listening on opts.Listen.
@@ -131,9 +127,6 @@ func Start(opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker: ServerCN %q could be a device ID; it must hold a character device IDs cannot", opts.ServerCN)
 	}
 	opts.Limits = withDefaults(opts.Limits)
-	if opts.Limits.ServerWindow >= int(opts.Limits.ClientQueue) {
-		return nil, fmt.Errorf("broker: ServerWindow %d must be smaller than ClientQueue %d", opts.Limits.ServerWindow, opts.Limits.ClientQueue)
-	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = opts.Limits.MaxPacketBytes
 	caps.MaximumClients = opts.Limits.MaxClients
@@ -146,8 +139,11 @@ func Start(opts Options) (*Broker, error) {
 		Capabilities: caps,
 		Logger:       log,
 	})
-	hook := &authHook{opts: opts, log: log, window: newServerWindow(opts.Limits.ServerWindow, opts.Limits.ServerWait)}
-	if err := srv.AddHook(hook, nil); err != nil {
+	auth := &authHook{opts: opts, log: log, srv: srv}
+	if err := srv.AddHook(auth, nil); err != nil {
+		return nil, err
+	}
+	if err := srv.AddHook(newRescueHook(srv), nil); err != nil {
 		return nil, err
 	}
 	tlsConf := opts.TLS.Clone()
@@ -168,7 +164,7 @@ func Start(opts Options) (*Broker, error) {
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("broker: serve: %w", err)
 	}
-	return &Broker{srv: srv, addr: ln.Addr(), log: log}, nil
+	return &Broker{srv: srv, addr: ln.Addr(), log: log, auth: auth}, nil
 }
 
 func withDefaults(l Limits) Limits {
@@ -190,12 +186,6 @@ func withDefaults(l Limits) Limits {
 	}
 	if l.ClientQueue == 0 {
 		l.ClientQueue = d.ClientQueue
-	}
-	if l.ServerWindow == 0 {
-		l.ServerWindow = d.ServerWindow
-	}
-	if l.ServerWait == 0 {
-		l.ServerWait = d.ServerWait
 	}
 	return l
 }
@@ -223,21 +213,105 @@ func (b *Broker) Disconnect(deviceID string) {
 	cl.Stop(packets.ErrNotAuthorized)
 }
 
-// Close stops the broker and disconnects every client.
+// Close stops the broker and disconnects every client. Sessions and
+// the messages they hold are in memory only: see Drain.
 func (b *Broker) Close() error { return b.srv.Close() }
+
+// drainPoll is how often Drain looks at the broker's state.
+const drainPoll = 10 * time.Millisecond
+
+// Drain readies the broker to be closed without losing a message it has
+// acknowledged to a device: it refuses devices from now on, closes their
+// connections, waits until their last packets are handled, and then until
+// the server's client has acknowledged every message the broker holds for
+// it (the server acknowledges after commit), or ctx ends. Devices keep
+// what was not acknowledged to them in their outbox and send it to the
+// next broker. Call it while the server's client and what it feeds still
+// run; then close them and the broker. A broker that dies without Drain
+// loses the messages it acknowledged and had not yet delivered.
+func (b *Broker) Drain(ctx context.Context) error {
+	b.auth.draining.Store(true)
+	t := time.NewTicker(drainPoll)
+	defer t.Stop()
+	for {
+		// Close the devices' connections (again: one may have passed the
+		// connect check just before draining began). A connection counts
+		// in ClientsConnected until its last packet is handled, and a
+		// publish acknowledged to a device may be fanned out until then.
+		servers := int64(0)
+		for _, cl := range b.srv.Clients.GetAll() {
+			switch {
+			case cl.Net.Inline:
+			case identity(cl) == b.auth.opts.ServerCN:
+				if !cl.Closed() {
+					servers++
+				}
+			case !cl.Closed():
+				cl.Stop(packets.ErrServerShuttingDown)
+			}
+		}
+		if atomic.LoadInt64(&b.srv.Info.ClientsConnected) <= servers && b.serverInflight() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("broker: drain: %w (connected clients %d, messages not acknowledged by the server %d)",
+				ctx.Err(), atomic.LoadInt64(&b.srv.Info.ClientsConnected), b.serverInflight())
+		case <-t.C:
+		}
+	}
+}
+
+// serverInflight counts the messages the server's sessions have not
+// acknowledged.
+func (b *Broker) serverInflight() int {
+	n := 0
+	for _, cl := range b.srv.Clients.GetAll() {
+		if !cl.Net.Inline && identity(cl) == b.auth.opts.ServerCN {
+			n += cl.State.Inflight.Len()
+		}
+	}
+	return n
+}
 
 type authHook struct {
 	mqtt.HookBase
-	opts   Options
-	log    *slog.Logger
-	window *serverWindow
+	opts     Options
+	log      *slog.Logger
+	srv      *mqtt.Server
+	draining atomic.Bool // set by Drain: devices are refused
 }
 
 func (h *authHook) ID() string { return "aftercare-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosComplete}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+}
+
+// errNoSubscriber refuses a device's connect while nobody would receive
+// its reports.
+var errNoSubscriber = errors.New("no subscriber for device reports yet")
+
+// OnConnect refuses a device while no client (the fleet server's, in
+// practice) is subscribed to its state topic: see the package comment.
+// Refusing the connect, rather than its publishes, keeps the messages in
+// the device's outbox, which it sends once it is let in.
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	id := identity(cl)
+	if id == h.opts.ServerCN || !protocol.ValidID(id) {
+		return nil // OnConnectAuthenticate decides
+	}
+	if !h.draining.Load() {
+		subs := h.srv.Topics.Subscribers(protocol.DeviceTopic(h.opts.TopicPrefix, id, protocol.KindState))
+		if len(subs.Shared) > 0 || len(subs.Subscriptions) > 0 {
+			return nil
+		}
+	}
+	h.log.Debug("broker refused a device: no subscriber for device reports, or shutting down", "device_id", id)
+	if err := h.srv.SendConnack(cl, packets.ErrServerUnavailable, false, nil); err != nil {
+		return err
+	}
+	return errNoSubscriber
 }
 
 // peer returns the client's verified certificate, or nil. The TLS
@@ -314,30 +388,3 @@ func (h *authHook) deviceMayWrite(device, topic string) bool {
 	kind, ok := strings.CutPrefix(topic, h.opts.TopicPrefix+"/dev/"+device+"/")
 	return ok && protocol.DeviceWritable(kind)
 }
-
-// OnSessionEstablished notes the server's own connections for the window.
-func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	if identity(cl) == h.opts.ServerCN {
-		h.window.addServer(cl)
-	}
-}
-
-func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.window.disconnected(cl) }
-
-// OnPublish holds a device's publish, before the broker acknowledges it,
-// until the server's window has room (serverWindow). One that waited too
-// long is dropped unacknowledged and its connection closed, so the device
-// sends it again.
-func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if h.window.isServer(cl) || h.window.admit(cl) {
-		return pk, nil
-	}
-	h.log.Warn("device publish not taken: the server's window stayed full; closing the connection so the device sends it again",
-		"device_id", cl.ID, "waited", h.opts.Limits.ServerWait)
-	cl.Stop(packets.ErrServerBusy)
-	return pk, packets.ErrRejectPacket
-}
-
-func (h *authHook) OnPublished(cl *mqtt.Client, _ packets.Packet) { h.window.published(cl) }
-
-func (h *authHook) OnQosComplete(cl *mqtt.Client, _ packets.Packet) { h.window.acknowledged(cl) }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -68,19 +67,18 @@ func TestEmbeddedBrokerLimits(t *testing.T) {
 	}
 }
 
-// TestServerWindow checks the flow control between devices and the
-// server's connection: with a queue of 8 packets per connection and a
-// window of 4, the server never holds more than 4 unacknowledged
-// messages while three devices send 60 at once, and every one arrives
-// once the server acknowledges.
-func TestServerWindow(t *testing.T) {
-	const window, perDevice = 4, 20
+// TestSmallQueueLosesNothing: with a write queue of 8 packets per
+// connection and a server that acknowledges only in batches, three
+// devices send 60 reports at once and every one arrives: mochi would drop
+// those that find the server's queue full, the rescue hook writes them.
+func TestSmallQueueLosesNothing(t *testing.T) {
+	const batch, perDevice = 4, 20
 	p := newPKI(t)
 	b, err := broker.Start(broker.Options{
 		Listen: "127.0.0.1:0", TopicPrefix: prefix,
 		TLS:      &tls.Config{Certificates: []tls.Certificate{p.broker}, ClientCAs: p.ca.Pool()},
 		ServerCN: deviceca.ServerCN, Devices: p.devices,
-		Limits: broker.Limits{ClientQueue: 8, ServerWindow: window},
+		Limits: broker.Limits{ClientQueue: 8},
 		Log:    slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -96,19 +94,15 @@ func TestServerWindow(t *testing.T) {
 	}
 	t.Cleanup(func() { srv.Disconnect(0) })
 	var (
-		mu       sync.Mutex
-		held     []paho.Message
-		got      = map[string]bool{}
-		overfull int
+		mu   sync.Mutex
+		held []paho.Message
+		got  = map[string]bool{}
 	)
 	tok := srv.Subscribe("$share/g/"+protocol.DeviceWildcard(prefix, protocol.KindState), 1, func(_ paho.Client, m paho.Message) {
 		mu.Lock()
 		defer mu.Unlock()
 		held = append(held, m)
 		got[string(m.Payload())] = true
-		if len(held) > window {
-			overfull = max(overfull, len(held))
-		}
 	})
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
@@ -126,17 +120,17 @@ func TestServerWindow(t *testing.T) {
 	}
 	total := 3 * perDevice
 	for {
-		var batch []paho.Message
-		waitUntil(t, "the server holds a full window or every message", func() bool {
+		var acks []paho.Message
+		waitUntil(t, "the server holds a batch or every message", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
-			if len(held) >= window || len(got) == total && len(held) > 0 {
-				batch, held = held, nil
+			if len(held) >= batch || len(got) == total && len(held) > 0 {
+				acks, held = held, nil
 				return true
 			}
 			return len(got) == total
 		})
-		for _, m := range batch {
+		for _, m := range acks {
 			m.Ack()
 		}
 		mu.Lock()
@@ -151,26 +145,7 @@ func TestServerWindow(t *testing.T) {
 			t.Fatalf("device publish: %v", tok.Error())
 		}
 	}
-	if overfull > 0 {
-		t.Errorf("the server held %d unacknowledged messages, more than the window of %d", overfull, window)
-	}
 	if len(got) != total {
 		t.Errorf("%d of %d messages arrived", len(got), total)
-	}
-}
-
-// TestServerWindowMustFitTheQueue checks that a window the server's queue
-// cannot hold is refused.
-func TestServerWindowMustFitTheQueue(t *testing.T) {
-	p := newPKI(t)
-	_, err := broker.Start(broker.Options{
-		Listen: "127.0.0.1:0", TopicPrefix: prefix,
-		TLS:      &tls.Config{Certificates: []tls.Certificate{p.broker}, ClientCAs: p.ca.Pool()},
-		ServerCN: deviceca.ServerCN, Devices: p.devices,
-		Limits: broker.Limits{ClientQueue: 8, ServerWindow: 8},
-		Log:    slog.New(slog.DiscardHandler),
-	})
-	if err == nil || !strings.Contains(err.Error(), "ServerWindow 8 must be smaller than ClientQueue 8") {
-		t.Fatalf("err = %v, want the window refused", err)
 	}
 }

@@ -40,6 +40,7 @@ const (
 	defaultQueue          = 4096
 	defaultRate           = 20 // events per second per device, sustained
 	defaultBurst          = 600
+	defaultLinger         = 2 * time.Millisecond
 	maxRetryDelay         = 10 * time.Second
 	firstRetryDelay       = 100 * time.Millisecond
 	defaultDeviceLimiters = 200_000
@@ -62,6 +63,9 @@ type Options struct {
 	Now   func() time.Time
 	// MaxBatch bounds the messages of one group commit; default 256.
 	MaxBatch int
+	// Linger is how long Run waits for more messages to join a group
+	// below MaxBatch before committing it; default 2 ms.
+	Linger time.Duration
 	// Queue is how many messages wait for Run before Submit blocks (and
 	// with it the MQTT client, which is back-pressure); default 4096.
 	Queue int
@@ -106,6 +110,9 @@ func New(opts Options) (*Ingester, error) {
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = defaultMaxBatch
+	}
+	if opts.Linger <= 0 {
+		opts.Linger = defaultLinger
 	}
 	if opts.Queue <= 0 {
 		opts.Queue = defaultQueue
@@ -185,15 +192,21 @@ func (in *Ingester) Run(ctx context.Context) error {
 		case m := <-in.queue:
 			group = append(group, m)
 		}
+		// Wait up to Linger for a fuller group: one commit (one fsync)
+		// for many messages is most of the ingest rate.
+		linger := time.NewTimer(in.opts.Linger)
 	fill:
 		for len(group) < in.opts.MaxBatch {
 			select {
 			case m := <-in.queue:
 				group = append(group, m)
-			default:
+			case <-linger.C:
+				break fill
+			case <-ctx.Done():
 				break fill
 			}
 		}
+		linger.Stop()
 		if err := in.process(ctx, group); err != nil {
 			return nil // ctx ended while retrying: nothing acknowledged
 		}

@@ -2,8 +2,9 @@ package ingest_test
 
 import (
 	"context"
-	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,50 +30,109 @@ func countEvents(t *testing.T, s *store.Store) map[string]int {
 // TestRestartMidStreamStoresEachEventOnce restarts the server's MQTT client
 // and ingester while devices publish: whatever was delivered but not
 // acknowledged, and whatever was published while the server was away, is
-// stored exactly once.
-//
-// Known failure (see notes/issue-7-events.md): across the restart a few
-// messages (5-20 of 240) are neither stored nor redelivered within two
-// minutes, with the embedded broker and paho; nothing is stored twice.
-// Set AFTERCARE_TEST_KNOWN_LOSS=1 to run it until that is fixed.
+// stored exactly once. Through the embedded broker and through Mosquitto.
 func TestRestartMidStreamStoresEachEventOnce(t *testing.T) {
-	if os.Getenv("AFTERCARE_TEST_KNOWN_LOSS") == "" {
-		t.Skip("known loss across a server restart with the embedded broker; AFTERCARE_TEST_KNOWN_LOSS=1 runs it (notes/issue-7-events.md)")
+	t.Run("embedded", func(t *testing.T) {
+		storetest.ForEach(t, func(t *testing.T, s *store.Store) { restartMidStream(t, s, newFleet(t, s)) })
+	})
+	t.Run("mosquitto", func(t *testing.T) {
+		storetest.ForEach(t, func(t *testing.T, s *store.Store) { restartMidStream(t, s, newMosquittoFleet(t, s)) })
+	})
+}
+
+func restartMidStream(t *testing.T, s *store.Store, f *fleet) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const devices, perDevice, size = 20, 60, 5
+	ids := enroll(t, s, "site-a", devices)
+	srv := f.startServer(t, ingest.Options{MaxBatch: 16}) // the broker lets devices in once it has subscribed
+	var devs []*device
+	for _, id := range ids {
+		devs = append(devs, f.connect(t, id))
 	}
+	sendAll(t, devs, 1, perDevice/3, size)
+	// Restart while the first third may still be in flight.
+	srv.stop()
+	sendAll(t, devs, perDevice/3+1, perDevice/3, size) // published while no server is connected
+	srv = f.startServer(t, ingest.Options{MaxBatch: 16})
+	sendAll(t, devs, 2*perDevice/3+1, perDevice/3, size)
+	want := devices * perDevice
+	err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool {
+		n, _ := s.Events(ctx, store.EventFilter{Limit: store.MaxEventRows})
+		return len(n) >= want
+	})
+	if err != nil {
+		t.Fatalf("waiting for %d events: %v (stats %+v, stored %d)", want, err, srv.in.Stats(), len(countEvents(t, s)))
+	}
+	for _, id := range ids {
+		if got := countEvents(t, s)[id]; got != perDevice {
+			t.Errorf("device %s has %d events stored, want %d", id, got, perDevice)
+		}
+		gaps, last, _, err := s.SeqGaps(ctx, id)
+		if err != nil || len(gaps) != 0 || last != perDevice {
+			t.Errorf("SeqGaps(%s) = %v, %d, %v; want no gaps up to %d", id, gaps, last, err, perDevice)
+		}
+	}
+}
+
+// TestBrokerAndServerRestartMidRun restarts the embedded broker and the
+// server together, as a restart of the fleet server's process does, while
+// every device keeps publishing: the broker drains (devices refused and
+// disconnected, everything it acknowledged to them stored and
+// acknowledged by the server), both stop and start again on the same
+// address with nothing kept but the store, and the devices resend what
+// was not acknowledged (paho's store, and device.deliver, as the agent's
+// outbox: an entry goes only with its PUBACK). Every event is stored
+// exactly once.
+func TestBrokerAndServerRestartMidRun(t *testing.T) {
 	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		const devices, perDevice, size = 20, 60, 5
+		const devices, perDevice, size = 20, 200, 5
+		const messages = devices * perDevice / size
+		want := devices * perDevice
 		f := newFleet(t, s)
 		ids := enroll(t, s, "site-a", devices)
-		var devs []*device
-		for _, id := range ids {
-			devs = append(devs, f.connect(t, id))
-		}
 		srv := f.startServer(t, ingest.Options{MaxBatch: 16})
-		sendAll(t, devs, 1, perDevice/3, size)
-		// Restart while the first third may still be in flight.
-		srv.stop()
-		sendAll(t, devs, perDevice/3+1, perDevice/3, size) // published while no server is connected
-		srv = f.startServer(t, ingest.Options{MaxBatch: 16})
-		sendAll(t, devs, 2*perDevice/3+1, perDevice/3, size)
-		want := devices * perDevice
-		err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool {
-			n, _ := s.Events(ctx, store.EventFilter{Limit: store.MaxEventRows})
-			return len(n) >= want
-		})
+		var published atomic.Int64
+		third := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, id := range ids {
+			d := f.connect(t, id)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for seq := uint64(1); seq <= perDevice; seq += size {
+					d.deliver(t, batch(d.id, seq, size, protocol.CategoryApp))
+					if published.Add(1) == messages/3 {
+						close(third)
+					}
+					time.Sleep(5 * time.Millisecond) // a steady stream, not one burst
+				}
+			}()
+		}
+		<-third
+		first := srv
+		srv = f.restart(t, srv, ingest.Options{MaxBatch: 16})
+		restartedAt := published.Load()
+		wg.Wait()
+		before := first.in.Stats()
+		err := srv.in.WaitFor(ctx, func(st ingest.Stats) bool { return before.Stored+st.Stored >= int64(want) })
+		after := srv.in.Stats()
 		if err != nil {
-			t.Fatalf("waiting for %d events: %v (stats %+v, stored %d)", want, err, srv.in.Stats(), len(countEvents(t, s)))
+			t.Fatalf("waiting for %d events: %v (stored %d before the restart, %d after)", want, err, before.Stored, after.Stored)
+		}
+		if n, err := s.CountEvents(ctx, ""); err != nil || n != int64(want) || before.Stored+after.Stored != int64(want) {
+			t.Fatalf("CountEvents = %d, %v; ingesters stored %d + %d; want %d", n, err, before.Stored, after.Stored, want)
 		}
 		for _, id := range ids {
-			if got := countEvents(t, s)[id]; got != perDevice {
-				t.Errorf("device %s has %d events stored, want %d", id, got, perDevice)
-			}
 			gaps, last, _, err := s.SeqGaps(ctx, id)
 			if err != nil || len(gaps) != 0 || last != perDevice {
 				t.Errorf("SeqGaps(%s) = %v, %d, %v; want no gaps up to %d", id, gaps, last, err, perDevice)
 			}
 		}
+		t.Logf("restarted after %d of %d messages, back up at %d; stored %d events before the restart, %d after; %d redelivered events skipped as duplicates",
+			messages/3, messages, restartedAt, before.Stored, after.Stored, before.Duplicates+after.Duplicates)
 	})
 }
 
@@ -85,8 +145,8 @@ func TestBadInputIsRejectedAndCounted(t *testing.T) {
 		defer cancel()
 		f := newFleet(t, s)
 		ids := enroll(t, s, "site-a", 3)
-		good, bad, revoked := f.connect(t, ids[0]), f.connect(t, ids[1]), f.connect(t, ids[2])
 		srv := f.startServer(t, ingest.Options{Rate: 1, Burst: 10})
+		good, bad, revoked := f.connect(t, ids[0]), f.connect(t, ids[1]), f.connect(t, ids[2])
 		if _, err := s.RevokeDevice(ctx, ids[2], "stolen", t0); err != nil {
 			t.Fatal(err)
 		}

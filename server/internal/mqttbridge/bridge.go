@@ -65,7 +65,8 @@ type Bridge struct {
 // connectTimeout bounds the first connection; later reconnects retry forever.
 const connectTimeout = 15 * time.Second
 
-// Open connects to the broker and subscribes to device state reports.
+// Open connects to the broker and subscribes to device state reports (and
+// events); it returns once the broker granted the subscriptions.
 func Open(ctx context.Context, opts Options) (*Bridge, error) {
 	if opts.BrokerURL == "" || opts.ClientID == "" || opts.TopicPrefix == "" || opts.Log == nil || opts.OnState == nil {
 		return nil, errors.New("mqttbridge: BrokerURL, ClientID, TopicPrefix, OnState and Log are required")
@@ -74,6 +75,12 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 		opts.ShareGroup = "aftercare"
 	}
 	b := &Bridge{opts: opts}
+	// The first connect's subscription result: Open returns only once the
+	// broker granted it, because a broker delivers a message only to the
+	// subscriptions that exist when it arrives (it has already
+	// acknowledged it to the device), so a caller that lets devices in
+	// when Open returns loses nothing.
+	subscribed := make(chan error, 1)
 	filter := "$share/" + opts.ShareGroup + "/" + protocol.DeviceWildcard(opts.TopicPrefix, protocol.KindState)
 	filters := map[string]byte{filter: 1}
 	if opts.OnEvents != nil {
@@ -102,18 +109,23 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 		SetOnConnectHandler(func(c paho.Client) {
 			// Subscribe on every connect: a broker without the session
 			// (restarted, or clean) has forgotten the subscription.
-			t := c.SubscribeMultiple(filters, b.onMessage)
-			if !t.WaitTimeout(connectTimeout) || t.Error() != nil {
-				opts.Log.Error("subscribe to device reports failed", "filters", filters, "err", t.Error())
-				return
+			err := subscribe(c, filters, b.onMessage)
+			if err != nil {
+				opts.Log.Error("subscribe to device reports failed", "filters", filters, "err", err)
+			} else {
+				opts.Log.Info("subscribed to device reports", "filters", filters)
 			}
-			opts.Log.Info("subscribed to device reports", "filters", filters)
+			select {
+			case subscribed <- err:
+			default: // a later connect; Open has returned
+			}
 		}).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			opts.Log.Warn("broker connection lost", "err", err)
 		})
 	b.client = paho.NewClient(co)
 	t := b.client.Connect()
+	timeout := time.After(connectTimeout)
 	select {
 	case <-t.Done():
 		if err := t.Error(); err != nil {
@@ -122,11 +134,46 @@ func Open(ctx context.Context, opts Options) (*Bridge, error) {
 	case <-ctx.Done():
 		b.client.Disconnect(0)
 		return nil, ctx.Err()
-	case <-time.After(connectTimeout):
+	case <-timeout:
 		b.client.Disconnect(0)
 		return nil, fmt.Errorf("mqttbridge: connect to %s: no answer in %s", opts.BrokerURL, connectTimeout)
 	}
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			b.client.Disconnect(0)
+			return nil, fmt.Errorf("mqttbridge: %s: %w", opts.BrokerURL, err)
+		}
+	case <-ctx.Done():
+		b.client.Disconnect(0)
+		return nil, ctx.Err()
+	case <-timeout:
+		b.client.Disconnect(0)
+		return nil, fmt.Errorf("mqttbridge: subscribe at %s: no answer in %s", opts.BrokerURL, connectTimeout)
+	}
 	return b, nil
+}
+
+// subscribe makes the subscriptions and waits for the broker to grant
+// every one (a SUBACK return code 0x80 is a refusal).
+func subscribe(c paho.Client, filters map[string]byte, h paho.MessageHandler) error {
+	t := c.SubscribeMultiple(filters, h)
+	if !t.WaitTimeout(connectTimeout) {
+		return fmt.Errorf("subscribe to device reports: no answer in %s", connectTimeout)
+	}
+	if err := t.Error(); err != nil {
+		return fmt.Errorf("subscribe to device reports: %w", err)
+	}
+	st, ok := t.(*paho.SubscribeToken)
+	if !ok {
+		return nil
+	}
+	for filter, code := range st.Result() {
+		if code == 0x80 {
+			return fmt.Errorf("subscribe to device reports: the broker refused %q", filter)
+		}
+	}
+	return nil
 }
 
 func (b *Bridge) onMessage(_ paho.Client, m paho.Message) {

@@ -448,10 +448,17 @@ func (s *Server) Addr() net.Addr { return s.httpAddr }
 func (s *Server) BrokerURL() string { return s.brokerURL }
 
 // Shutdown stops accepting requests, waits for those in flight until ctx
-// ends, and closes every part.
+// ends, drains the embedded broker (until ctx ends: what it acknowledged
+// to devices is stored and acknowledged by the server, so its in-memory
+// sessions hold nothing that would be lost), and closes every part.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
 	<-s.done
+	if s.broker != nil {
+		if derr := s.broker.Drain(ctx); derr != nil {
+			s.log.Error("embedded broker not drained; device messages it acknowledged may be lost", "err", derr)
+		}
+	}
 	s.closeParts()
 	return err
 }

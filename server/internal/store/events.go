@@ -127,10 +127,13 @@ func (q *txq) insertEvents(ctx context.Context, rows []EventRow) ([]EventRow, er
 	if err := res.Err(); err != nil {
 		return nil, fmt.Errorf("insert events: %w", err)
 	}
+	// A row given twice (a message redelivered into the same group) was
+	// inserted once: report it once.
 	out := make([]EventRow, 0, len(got))
 	for _, r := range rows {
-		if got[key{r.DeviceID, int64(r.Event.Seq)}] {
+		if k := (key{r.DeviceID, int64(r.Event.Seq)}); got[k] {
 			out = append(out, r)
+			delete(got, k)
 		}
 	}
 	return out, nil

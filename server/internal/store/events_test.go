@@ -40,9 +40,10 @@ func TestEventsDedupGapsAndQueries(t *testing.T) {
 		}
 		again := []store.EventRow{rows[1], {DeviceID: "dev-a", SiteID: "site-a", Event: loginFailure(6, t0.Add(3*time.Second)), ReceivedAt: t0}}
 		again[1].Event.Dropped = 2
+		again = append(again, again[1]) // the same message twice in one group
 		ins, _, err = s.InsertEvents(ctx, again, nil, t0)
 		if err != nil || len(ins) != 1 || ins[0].Event.Seq != 6 {
-			t.Fatalf("InsertEvents(redelivery + new) = %+v, %v; want only seq 6", ins, err)
+			t.Fatalf("InsertEvents(redelivery + new twice) = %+v, %v; want seq 6 once", ins, err)
 		}
 		all, err := s.Events(ctx, store.EventFilter{})
 		if err != nil || len(all) != 4 {
