@@ -439,6 +439,7 @@ func (e *simEnv) waitCompleted(ctx context.Context, rolloutID string) (int, erro
 // of an install (QoS 1, one after the other), and the client receives
 // them on the server's shared subscription, acknowledging at once. It
 // returns the time from the first hint to the last report received.
+// The devices connect to it once that client has subscribed.
 func (e *simEnv) rawBaseline(tb testing.TB, brokerURL string, clientTLS *tls.Config) time.Duration {
 	tb.Helper()
 	want := int64(len(e.fleet.devices) * len(simStates))
@@ -457,6 +458,11 @@ func (e *simEnv) rawBaseline(tb testing.TB, brokerURL string, clientTLS *tls.Con
 		}
 	}); !t.WaitTimeout(30*time.Second) || t.Error() != nil {
 		tb.Fatalf("raw server client: subscribe: %v", t.Error())
+	}
+	// Devices connect once the server's client has subscribed, as they do
+	// to the server's own embedded broker.
+	if err := e.fleet.connectAll(brokerURL, e.ca.Pool()); err != nil {
+		tb.Fatal(err)
 	}
 	e.fleet.setAction(func(ctx context.Context, d *simDevice) error {
 		return d.install(ctx, simFromVersion, "raw/target", simToVersion)
@@ -586,9 +592,6 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 		// by the same function with the same configuration, in a process of
 		// its own (this test binary, see runSimBroker).
 		url, stop := e.startSimBroker(tb)
-		if err := e.fleet.connectAll(url, e.ca.Pool()); err != nil {
-			tb.Fatal(err)
-		}
 		res.raw = e.rawBaseline(tb, url, e.serverClientTLS(tb))
 		e.fleet.disconnectAll()
 		stop()
@@ -598,9 +601,6 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 		e = newSimEnv(tb, "ssl://"+m.addr)
 		e.enroll(tb, devices, sites)
 		m.configure(tb, e)
-		if err := e.fleet.connectAll("ssl://"+m.addr, e.ca.Pool()); err != nil {
-			tb.Fatal(err)
-		}
 		res.raw = e.rawBaseline(tb, "ssl://"+m.addr, e.serverClientTLS(tb))
 	default:
 		tb.Fatalf("unknown broker %q", brokerKind)

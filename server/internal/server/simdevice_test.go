@@ -80,8 +80,16 @@ func (d *simDevice) connect(brokerURL string, roots *x509.CertPool, act *atomic.
 		SetTLSConfig(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{d.cert}, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(60 * time.Second).SetKeepAlive(5 * time.Minute).
 		SetOrderMatters(false))
-	if t := d.client.Connect(); !t.WaitTimeout(90*time.Second) || t.Error() != nil {
-		return fmt.Errorf("device %s: connect to %s: %v", d.id, brokerURL, t.Error())
+	// Like the agent, a device refused at connect (the embedded broker
+	// refuses devices until the server has subscribed) tries again.
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		t := d.client.Connect()
+		if t.WaitTimeout(90*time.Second) && t.Error() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("device %s: connect to %s: %v", d.id, brokerURL, t.Error())
+		}
 	}
 	t := d.client.Subscribe(hint, 1, func(_ paho.Client, m paho.Message) {
 		if _, err := protocol.ParseHint(m.Payload()); err != nil {
