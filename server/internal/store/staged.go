@@ -173,11 +173,18 @@ type TickUpdate struct {
 	Events []RolloutEvent
 }
 
-// ApplyTick writes u in one transaction. It fails with problem.ErrConflict,
-// changing nothing, when the plan was updated since it was read (another
-// step or a human decision came first): the caller reads again.
-func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) error {
-	return s.tx(ctx, func(q *txq) error {
+// ApplyTick writes u in one transaction and returns the plan's new
+// updated_at as stored. It fails with problem.ErrConflict, changing
+// nothing, when the plan was updated since it was read (another step or a
+// human decision came first): the caller reads again.
+//
+// ApplyTick and CreateStagedRollout are the only writers of a rollout's
+// devices and events, and ApplyTick always moves updated_at forward: a
+// plan whose updated_at is still the returned one has the devices and
+// events this call left.
+func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) (time.Time, error) {
+	var version time.Time
+	err := s.tx(ctx, func(q *txq) error {
 		p := u.Plan
 		// updated_at is the plan's version: it must change with every
 		// write, also when the clock did not move (or moved back, on
@@ -200,6 +207,7 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) e
 		if n, _ := res.RowsAffected(); n != 1 {
 			return fmt.Errorf("rollout %s changed while it was being updated: %w", p.RolloutID, problem.ErrConflict)
 		}
+		version = parseTime(formatTime(p.UpdatedAt))
 		if err := insertRolloutDevices(ctx, q, u.Joined); err != nil {
 			return err
 		}
@@ -224,6 +232,10 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) e
 		}
 		return insertRolloutEvents(ctx, q, u.Events)
 	})
+	if err != nil {
+		return time.Time{}, err
+	}
+	return version, nil
 }
 
 // ActiveRollouts returns, for each of the given devices that belongs to a
