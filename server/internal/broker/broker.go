@@ -77,6 +77,12 @@ type Limits struct {
 	ServerWait time.Duration
 }
 
+// clientReadBuffer is each connection's read buffer (mochi's default 2
+// KiB, held for the connection's life). Devices send a few small packets
+// at a time; a larger packet is read past the buffer, and TLS buffers
+// each record itself.
+const clientReadBuffer = 512
+
 // DefaultLimits returns the limits used for zero fields.
 func DefaultLimits() Limits {
 	return Limits{
@@ -143,8 +149,9 @@ func Start(opts Options) (*Broker, error) {
 	caps.MaximumClientWritesPending = opts.Limits.ClientQueue
 	log := opts.Log.With("component", "broker")
 	srv := mqtt.New(&mqtt.Options{
-		Capabilities: caps,
-		Logger:       log,
+		Capabilities:            caps,
+		Logger:                  log,
+		ClientNetReadBufferSize: clientReadBuffer,
 	})
 	hook := &authHook{opts: opts, log: log, window: newServerWindow(opts.Limits.ServerWindow, opts.Limits.ServerWait)}
 	if err := srv.AddHook(hook, nil); err != nil {
