@@ -134,7 +134,7 @@ func (s *Store) RecordReports(ctx context.Context, reports []ReportIn) ([]Report
 // and last_seen. Only a report that inserts nothing (a redelivery, or an
 // unknown device) takes a third to tell the two apart.
 func recordReport(ctx context.Context, q *txq, deviceID string, r *protocol.StateReport, received time.Time) (bool, error) {
-	res, err := q.exec(ctx, `INSERT INTO device_reports (device_id, seq, state, running, target, version, reason, dropped, reported_at, received_at)
+	res, err := q.execRepeated(ctx, `INSERT INTO device_reports (device_id, seq, state, running, target, version, reason, dropped, reported_at, received_at)
 		SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM devices WHERE id = ?
 		ON CONFLICT (device_id, seq) DO NOTHING`,
 		int64(r.Seq), r.State, r.Running, r.Target, r.Version, r.Reason, int64(r.Dropped), formatTime(r.Time), formatTime(received), deviceID)
@@ -151,7 +151,7 @@ func recordReport(ctx context.Context, q *txq, deviceID string, r *protocol.Stat
 	// In an UPDATE every expression reads the row as it was, so each CASE
 	// sees the old last_seq: an older report changes only last_seen.
 	// A report without a target names no release.
-	_, err = q.exec(ctx, `UPDATE devices SET
+	_, err = q.execRepeated(ctx, `UPDATE devices SET
 		state = CASE WHEN last_seq < ? THEN ? ELSE state END,
 		state_reason = CASE WHEN last_seq < ? THEN ? ELSE state_reason END,
 		state_release_id = CASE WHEN last_seq < ? THEN (SELECT id FROM releases WHERE target_path = ? AND target_path <> '') ELSE state_release_id END,

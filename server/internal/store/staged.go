@@ -68,7 +68,7 @@ func (s *Store) CreateStagedRollout(ctx context.Context, r Rollout, p RolloutPla
 
 func insertRolloutDevices(ctx context.Context, q *txq, devices []RolloutDevice) error {
 	for _, d := range devices {
-		if _, err := q.exec(ctx, `INSERT INTO rollout_devices (rollout_id, device_id, site_id, role, rank, wave, state, reason,
+		if _, err := q.execRepeated(ctx, `INSERT INTO rollout_devices (rollout_id, device_id, site_id, role, rank, wave, state, reason,
 			from_version, joined_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			d.RolloutID, d.DeviceID, d.SiteID, d.Role, d.Rank, d.Wave, d.State, d.Reason, d.FromVersion,
 			formatTime(d.JoinedAt), formatTime(d.UpdatedAt)); err != nil {
@@ -212,13 +212,13 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) (
 			return err
 		}
 		for _, d := range u.Changed {
-			if _, err := q.exec(ctx, `UPDATE rollout_devices SET wave = ?, state = ?, reason = ?, updated_at = ?
+			if _, err := q.execRepeated(ctx, `UPDATE rollout_devices SET wave = ?, state = ?, reason = ?, updated_at = ?
 				WHERE rollout_id = ? AND device_id = ?`, d.Wave, d.State, d.Reason, formatTime(d.UpdatedAt), d.RolloutID, d.DeviceID); err != nil {
 				return fmt.Errorf("update rollout device %s: %w", d.DeviceID, err)
 			}
 		}
 		for _, id := range u.Assign {
-			if _, err := q.exec(ctx, `INSERT INTO assignments (device_id, rollout_id, release_id, assigned_at) VALUES (?, ?, ?, ?)
+			if _, err := q.execRepeated(ctx, `INSERT INTO assignments (device_id, rollout_id, release_id, assigned_at) VALUES (?, ?, ?, ?)
 				ON CONFLICT (device_id) DO UPDATE SET rollout_id = excluded.rollout_id,
 				release_id = excluded.release_id, assigned_at = excluded.assigned_at`,
 				id, p.RolloutID, u.ReleaseID, formatTime(u.At)); err != nil {
@@ -226,7 +226,7 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) (
 			}
 		}
 		for _, id := range u.Unassign {
-			if _, err := q.exec(ctx, `DELETE FROM assignments WHERE device_id = ? AND rollout_id = ?`, id, p.RolloutID); err != nil {
+			if _, err := q.execRepeated(ctx, `DELETE FROM assignments WHERE device_id = ? AND rollout_id = ?`, id, p.RolloutID); err != nil {
 				return fmt.Errorf("withdraw assignment of %s: %w", id, err)
 			}
 		}
