@@ -74,6 +74,12 @@ type Limits struct {
 	ClientQueue int32
 }
 
+// clientReadBuffer is each connection's read buffer (mochi's default 2
+// KiB, held for the connection's life). Devices send a few small packets
+// at a time; a larger packet is read past the buffer, and TLS buffers
+// each record itself.
+const clientReadBuffer = 512
+
 // DefaultLimits returns the limits used for zero fields.
 func DefaultLimits() Limits {
 	return Limits{
@@ -136,8 +142,9 @@ func Start(opts Options) (*Broker, error) {
 	caps.MaximumClientWritesPending = opts.Limits.ClientQueue
 	log := opts.Log.With("component", "broker")
 	srv := mqtt.New(&mqtt.Options{
-		Capabilities: caps,
-		Logger:       log,
+		Capabilities:            caps,
+		Logger:                  log,
+		ClientNetReadBufferSize: clientReadBuffer,
 	})
 	auth := &authHook{opts: opts, log: log, srv: srv}
 	if err := srv.AddHook(auth, nil); err != nil {

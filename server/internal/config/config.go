@@ -80,6 +80,10 @@ type Config struct {
 	// over TLS and requires a client certificate from the device CA.
 	// Default "127.0.0.1:1884".
 	EmbeddedBrokerListen string `yaml:"embedded_broker_listen" env:"EMBEDDED_BROKER_LISTEN"`
+	// PprofListen serves Go's runtime profiles (net/http/pprof, under
+	// /debug/pprof/) on a loopback address, for profiling the server;
+	// empty (the default) serves none.
+	PprofListen string `yaml:"pprof_listen" env:"PPROF_LISTEN"`
 	// DeviceBrokerURL is the broker URL devices are given at enrollment;
 	// default: BrokerURL, or the embedded broker's address.
 	DeviceBrokerURL string `yaml:"device_broker_url" env:"DEVICE_BROKER_URL"`
@@ -315,6 +319,11 @@ func (c Config) Validate() error {
 	} else if _, _, err := net.SplitHostPort(c.EmbeddedBrokerListen); err != nil {
 		errs = append(errs, fmt.Errorf("embedded_broker_listen %q is not host:port", c.EmbeddedBrokerListen))
 	}
+	if c.PprofListen != "" {
+		if host, _, err := net.SplitHostPort(c.PprofListen); err != nil || !isLoopback(host) {
+			errs = append(errs, fmt.Errorf("pprof_listen %q must be a loopback host:port such as 127.0.0.1:6060 (profiles show the server's internals)", c.PprofListen))
+		}
+	}
 	if !protocol.ValidTopicPrefix(c.TopicPrefix) {
 		errs = append(errs, fmt.Errorf("topic_prefix %q must be levels of letters, digits, '.', '_', '-' separated by '/'", c.TopicPrefix))
 	}
@@ -424,4 +433,13 @@ func (c Config) Level() slog.Level {
 func (c Config) MaxDeferral() map[string]time.Duration {
 	return map[string]time.Duration{"critical": c.MaxDeferralCritical, "high": c.MaxDeferralHigh,
 		"medium": c.MaxDeferralMedium, "low": c.MaxDeferralLow}
+}
+
+// isLoopback reports whether host is "localhost" or a loopback IP.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

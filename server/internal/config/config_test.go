@@ -36,9 +36,10 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	_, err := config.Load([]string{"-listen", "nope"}, env(map[string]string{
 		"AFTERCARE_TOPIC_PREFIX": "a/+/b", "AFTERCARE_DATABASE_URL": "mysql://x", "AFTERCARE_LOG_LEVEL": "loud",
 		"AFTERCARE_ROLLOUT_BIN_BITS": "17", "AFTERCARE_ROLLOUT_LEASE_TTL": "15s", "AFTERCARE_DEFERRAL_REMINDER": "-1h",
+		"AFTERCARE_PPROF_LISTEN": "0.0.0.0:6060",
 	}))
 	for _, want := range []string{"listen", "topic_prefix", "database_url", "snapshot_key", "timestamp_key", "rollout_key", "rollout_bin_bits", "log_level",
-		"rollout_lease_ttl", "deferral_reminder"} {
+		"rollout_lease_ttl", "deferral_reminder", "pprof_listen"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Load() = %v, want it to name %s", err, want)
 		}

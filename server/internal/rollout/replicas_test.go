@@ -78,3 +78,52 @@ func TestReplicasStepWithoutLeaseStillOnce(t *testing.T) {
 		t.Logf("%d steps lost a race and changed nothing", conflicts)
 	})
 }
+
+// TestReplicasTakeTurns steps one rollout from two engines in turn: each
+// step must start from what the other wrote, not from what the engine
+// wrote itself the step before (it keeps that between its steps).
+func TestReplicasTakeTurns(t *testing.T) {
+	storetest.ForEachURL(t, func(t *testing.T, dbURL string) {
+		f := newFixture(t, storetest.Open(t, dbURL), nil)
+		other, err := rollout.New(rollout.Options{Store: storetest.Open(t, dbURL), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Publisher: f.rec, Now: f.clk.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		site := f.site("a")
+		for i := range 12 {
+			f.device(site, fmt.Sprint("d", i), "1.0.0")
+		}
+		rel := f.release("2.0.0")
+		ctx := context.Background()
+		v, err := f.e.Create(ctx, rollout.Request{ReleaseID: rel.ID, Actor: "eng", Reason: "CVE fix",
+			Plan: rollout.Plan{Canary: 1, Waves: []float64{25, 50, 100}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		engines := []*rollout.Engine{f.e, other}
+		for round := 0; round < 20 && f.view(v.ID).Status != rollout.StatusCompleted; round++ {
+			f.succeed(v.ID, rel)
+			if err := engines[round%2].Tick(ctx); err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		view := f.view(v.ID)
+		if view.Status != rollout.StatusCompleted {
+			t.Fatalf("rollout %s after 20 rounds, want completed", view.Status)
+		}
+		var keys []string
+		for _, e := range view.Events {
+			keys = append(keys, e.Key)
+		}
+		if want := []string{"wave/0", "wave/1", "wave/2", "wave/3", "completed/12"}; !slices.Equal(keys, want) {
+			t.Fatalf("events %v, want %v", keys, want)
+		}
+		f.rec.mu.Lock()
+		published := slices.Sorted(slices.Values(f.rec.published))
+		f.rec.mu.Unlock()
+		if len(published) != 12 || len(slices.Compact(published)) != 12 {
+			t.Fatalf("published assignments %v, want each of the 12 devices once", published)
+		}
+	})
+}

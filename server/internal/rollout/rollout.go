@@ -180,8 +180,12 @@ var DefaultMaxDeferral = map[string]time.Duration{
 type Engine struct {
 	opts Options
 
-	mu    sync.Mutex // serialises steps and decisions
-	hints Hinter     // guarded by hintMu
+	mu sync.Mutex // serialises steps and decisions
+	// kept is, for each steppable rollout, its devices and event keys as
+	// this engine last wrote them: the next step starts from them instead
+	// of reading them again (see loadLocked).
+	kept  map[string]kept // guarded by mu
+	hints Hinter          // guarded by hintMu
 	hmu   sync.Mutex
 }
 
@@ -199,7 +203,7 @@ func New(opts Options) (*Engine, error) {
 	if opts.TickInterval <= 0 {
 		opts.TickInterval = 10 * time.Second
 	}
-	return &Engine{opts: opts, hints: opts.Hints}, nil
+	return &Engine{opts: opts, hints: opts.Hints, kept: map[string]kept{}}, nil
 }
 
 // SetHinter sets where hints go, once the broker connection exists.

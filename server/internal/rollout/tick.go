@@ -86,7 +86,53 @@ func key(d store.RolloutDevice) [3]string {
 	return [3]string{fmt.Sprint(d.Wave), d.State, d.Reason}
 }
 
+// kept is a rollout's devices and event keys as a step wrote them, with
+// the plan's updated_at that write stored.
+type kept struct {
+	version  time.Time
+	devices  []store.RolloutDevice
+	recorded map[string]bool
+}
+
+// keepLocked notes st's devices and event keys as written with version,
+// for the next step, while the rollout may take more steps. e.mu must be
+// held.
+func (e *Engine) keepLocked(st *state, version time.Time) {
+	if !slices.Contains(activeStatuses, st.p.Status) ||
+		(st.p.Status == string(StatusCompleted) && !st.plan.Dynamic && st.count(DeviceHeld, DeviceDeferred, DeviceSelected, DeviceQueued, DeviceAssigned) == 0) {
+		delete(e.kept, st.r.ID)
+		return
+	}
+	// As the store returns them: by rank, times in UTC to the microsecond.
+	devices := slices.Clone(st.devices)
+	for i := range devices {
+		d := &devices[i]
+		d.JoinedAt, d.UpdatedAt = d.JoinedAt.UTC().Truncate(time.Microsecond), d.UpdatedAt.UTC().Truncate(time.Microsecond)
+	}
+	slices.SortStableFunc(devices, func(a, b store.RolloutDevice) int { return a.Rank - b.Rank })
+	e.kept[st.r.ID] = kept{version: version, devices: devices, recorded: maps.Clone(st.recorded)}
+}
+
+// loadLocked is load for a step: when the plan's updated_at is the one
+// this engine's last write of the rollout stored, nobody changed its
+// devices or events since (store.ApplyTick), and the step starts from
+// what that write left instead of reading them again. e.mu must be held.
+func (e *Engine) loadLocked(ctx context.Context, id string) (*state, error) {
+	k, ok := e.kept[id]
+	delete(e.kept, id) // the step changes them; save keeps them again
+	if !ok {
+		return e.load(ctx, id)
+	}
+	return e.read(ctx, id, &k)
+}
+
 func (e *Engine) load(ctx context.Context, id string) (*state, error) {
+	return e.read(ctx, id, nil)
+}
+
+// read loads a rollout; the devices and event keys come from k when its
+// version is the plan's.
+func (e *Engine) read(ctx context.Context, id string, k *kept) (*state, error) {
 	r, p, err := e.opts.Store.StagedRollout(ctx, id)
 	if err != nil {
 		return nil, err
@@ -104,11 +150,15 @@ func (e *Engine) load(ctx context.Context, id string) (*state, error) {
 	if st.rel, err = e.opts.Store.Release(ctx, r.ReleaseID); err != nil {
 		return nil, err
 	}
-	if st.devices, err = e.opts.Store.RolloutDevices(ctx, id); err != nil {
-		return nil, err
-	}
-	if st.recorded, err = e.opts.Store.RolloutEventKeys(ctx, id); err != nil {
-		return nil, err
+	if k != nil && k.version.Equal(p.UpdatedAt) {
+		st.devices, st.recorded = k.devices, k.recorded
+	} else {
+		if st.devices, err = e.opts.Store.RolloutDevices(ctx, id); err != nil {
+			return nil, err
+		}
+		if st.recorded, err = e.opts.Store.RolloutEventKeys(ctx, id); err != nil {
+			return nil, err
+		}
 	}
 	for _, d := range st.devices {
 		st.orig[d.DeviceID] = key(d)
@@ -134,7 +184,8 @@ func (st *state) count(states ...DeviceState) int {
 	return n
 }
 
-// save writes the step and tells the publisher and the devices.
+// save writes the step and tells the publisher and the devices. e.mu
+// must be held.
 func (e *Engine) save(ctx context.Context, st *state, joined []store.RolloutDevice, assign, unassign []string) error {
 	now := e.opts.Now()
 	readAt := st.p.UpdatedAt
@@ -160,11 +211,12 @@ func (e *Engine) save(ctx context.Context, st *state, joined []store.RolloutDevi
 	for i, d := range joined {
 		joined[i] = current[d.DeviceID]
 	}
-	err = e.opts.Store.ApplyTick(ctx, store.TickUpdate{Plan: st.p, Joined: joined, Changed: changed,
+	version, err := e.opts.Store.ApplyTick(ctx, store.TickUpdate{Plan: st.p, Joined: joined, Changed: changed,
 		Assign: assign, Unassign: unassign, ReleaseID: st.r.ReleaseID, At: now, Events: st.events}, readAt)
 	if err != nil {
 		return err
 	}
+	e.keepLocked(st, version)
 	for _, ev := range st.events {
 		e.opts.Log.Info("rollout event", "rollout_id", st.r.ID, "kind", ev.Kind, "site_id", ev.SiteID, "detail", ev.Detail)
 	}
@@ -181,7 +233,7 @@ func (e *Engine) save(ctx context.Context, st *state, joined []store.RolloutDevi
 
 // stepLocked takes one step of a rollout. e.mu must be held.
 func (e *Engine) stepLocked(ctx context.Context, id string) error {
-	st, err := e.load(ctx, id)
+	st, err := e.loadLocked(ctx, id)
 	if err != nil || st.p.Plan == "" {
 		return err
 	}

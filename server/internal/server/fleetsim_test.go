@@ -678,11 +678,15 @@ func TestFleetRolloutSmoke(t *testing.T) {
 // measured in the same run ("x_raw"; goal ≤ 3) and the server process's
 // peak RSS ("server_MiB", VmHWM of the aftercare-server child process;
 // goal < 500; with the embedded broker it includes the broker).
+//
+// AFTERCARE_FLEETSIM_DEVICES sets another device count (default 10,000;
+// the goal is for 10,000), for quicker runs while profiling.
 func BenchmarkFleetRollout(b *testing.B) {
+	n := simDeviceCount(b, 10_000)
 	for _, kind := range []string{"embedded", "mosquitto"} {
 		b.Run(kind, func(b *testing.B) {
 			for range b.N {
-				r := runFleetRollout(b, 10_000, 50, kind)
+				r := runFleetRollout(b, n, 50, kind)
 				b.ReportMetric(r.rollout.Seconds()/r.raw.Seconds(), "x_raw")
 				b.ReportMetric(r.rollout.Seconds(), "rollout_s")
 				b.ReportMetric(r.raw.Seconds(), "raw_s")
@@ -695,13 +699,27 @@ func BenchmarkFleetRollout(b *testing.B) {
 	}
 }
 
+// simDeviceCount is AFTERCARE_FLEETSIM_DEVICES, or def when unset.
+func simDeviceCount(tb testing.TB, def int) int {
+	v := os.Getenv("AFTERCARE_FLEETSIM_DEVICES")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 50 {
+		tb.Fatalf("AFTERCARE_FLEETSIM_DEVICES=%q: want a number of devices, at least 50 (one per site)", v)
+	}
+	return n
+}
+
 // BenchmarkIdleDevices connects 5,000 simulated devices to the server's
 // embedded broker and reports the server process's resident memory once
 // they are all connected and idle ("server_MiB", VmRSS of the
 // aftercare-server child process; goal ≤ 150 MB) and per device
 // ("KiB/device", the growth over the server before they connected).
+// AFTERCARE_FLEETSIM_DEVICES sets another device count (default 5,000).
 func BenchmarkIdleDevices(b *testing.B) {
-	const n = 5000
+	n := simDeviceCount(b, 5000)
 	for range b.N {
 		e := newSimEnv(b, "")
 		e.enroll(b, n, 50)
@@ -721,7 +739,7 @@ func BenchmarkIdleDevices(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(after, "server_MiB")
-		b.ReportMetric((after-before)*1024/n, "KiB/device")
+		b.ReportMetric((after-before)*1024/float64(n), "KiB/device")
 		e.fleet.disconnectAll()
 		e.stopServer(b)
 	}

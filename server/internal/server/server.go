@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,6 +61,7 @@ type Server struct {
 	rollouts  *rollout.Engine
 	http      *http.Server
 	httpAddr  net.Addr
+	pprof     *http.Server // nil unless cfg.PprofListen is set
 	brokerURL string
 	done      chan struct{}
 	cancel    context.CancelFunc
@@ -175,6 +177,11 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 			log.Error("http server stopped", "err", err)
 		}
 	}()
+	if cfg.PprofListen != "" {
+		if err := s.servePprof(cfg.PprofListen); err != nil {
+			return nil, err
+		}
+	}
 	go s.refreshRepo(bg)
 	go s.rollouts.Run(bg)
 	s.startVuln(bg, vulns)
@@ -467,6 +474,9 @@ func (s *Server) closeParts() {
 	if s.cancel != nil {
 		s.cancel()
 	}
+	if s.pprof != nil {
+		s.pprof.Close()
+	}
 	if s.bridge != nil {
 		s.bridge.Close()
 	}
@@ -493,4 +503,23 @@ func rolloutLeaseTTL(cfg config.Config) time.Duration {
 		return cfg.RolloutLeaseTTL
 	}
 	return max(4*cfg.RolloutTick, 30*time.Second)
+}
+
+// servePprof serves Go's runtime profiles on addr, a loopback address
+// (config.Validate checks), apart from the API and its authentication.
+func (s *Server) servePprof(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("pprof_listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.pprof = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go s.pprof.Serve(ln)
+	s.log.Warn("serving runtime profiles", "pprof_listen", ln.Addr().String())
+	return nil
 }

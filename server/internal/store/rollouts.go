@@ -129,35 +129,40 @@ func (s *Store) RecordReports(ctx context.Context, reports []ReportIn) ([]Report
 	return out, nil
 }
 
+// recordReport stores one report in two statements: the insert, which
+// also checks the device exists, and one update of the device's state
+// and last_seen. Only a report that inserts nothing (a redelivery, or an
+// unknown device) takes a third to tell the two apart.
 func recordReport(ctx context.Context, q *txq, deviceID string, r *protocol.StateReport, received time.Time) (bool, error) {
-	var one int
-	if err := q.queryRow(ctx, `SELECT 1 FROM devices WHERE id = ?`, deviceID).Scan(&one); err != nil {
-		return false, notFound(err, fmt.Sprintf("device %q", deviceID))
-	}
-	res, err := q.exec(ctx, `INSERT INTO device_reports (device_id, seq, state, running, target, version, reason, dropped, reported_at, received_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`,
-		deviceID, int64(r.Seq), r.State, r.Running, r.Target, r.Version, r.Reason, int64(r.Dropped), formatTime(r.Time), formatTime(received))
+	res, err := q.execRepeated(ctx, `INSERT INTO device_reports (device_id, seq, state, running, target, version, reason, dropped, reported_at, received_at)
+		SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM devices WHERE id = ?
+		ON CONFLICT (device_id, seq) DO NOTHING`,
+		int64(r.Seq), r.State, r.Running, r.Target, r.Version, r.Reason, int64(r.Dropped), formatTime(r.Time), formatTime(received), deviceID)
 	if err != nil {
 		return false, fmt.Errorf("insert report: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
+		var one int
+		if err := q.queryRow(ctx, `SELECT 1 FROM devices WHERE id = ?`, deviceID).Scan(&one); err != nil {
+			return false, notFound(err, fmt.Sprintf("device %q", deviceID))
+		}
 		return false, nil
 	}
-	var releaseID sql.NullString
-	if r.Target != "" {
-		err := q.queryRow(ctx, `SELECT id FROM releases WHERE target_path = ?`, r.Target).Scan(&releaseID)
-		if err != nil && err != sql.ErrNoRows {
-			return false, err
-		}
-	}
-	_, err = q.exec(ctx, `UPDATE devices SET state = ?, state_reason = ?, state_release_id = ?, installed_version = ?, last_seq = ?
-		WHERE id = ? AND last_seq < ?`,
-		r.State, r.Reason, releaseID, r.Running, int64(r.Seq), deviceID, int64(r.Seq))
+	// In an UPDATE every expression reads the row as it was, so each CASE
+	// sees the old last_seq: an older report changes only last_seen.
+	// A report without a target names no release.
+	_, err = q.execRepeated(ctx, `UPDATE devices SET
+		state = CASE WHEN last_seq < ? THEN ? ELSE state END,
+		state_reason = CASE WHEN last_seq < ? THEN ? ELSE state_reason END,
+		state_release_id = CASE WHEN last_seq < ? THEN (SELECT id FROM releases WHERE target_path = ? AND target_path <> '') ELSE state_release_id END,
+		installed_version = CASE WHEN last_seq < ? THEN ? ELSE installed_version END,
+		last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END,
+		last_seen = ?
+		WHERE id = ?`,
+		int64(r.Seq), r.State, int64(r.Seq), r.Reason, int64(r.Seq), r.Target, int64(r.Seq), r.Running, int64(r.Seq), int64(r.Seq),
+		formatTime(received), deviceID)
 	if err != nil {
 		return false, fmt.Errorf("update device state: %w", err)
-	}
-	if _, err = q.exec(ctx, `UPDATE devices SET last_seen = ? WHERE id = ?`, formatTime(received), deviceID); err != nil {
-		return false, err
 	}
 	return true, nil
 }

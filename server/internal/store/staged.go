@@ -68,7 +68,7 @@ func (s *Store) CreateStagedRollout(ctx context.Context, r Rollout, p RolloutPla
 
 func insertRolloutDevices(ctx context.Context, q *txq, devices []RolloutDevice) error {
 	for _, d := range devices {
-		if _, err := q.exec(ctx, `INSERT INTO rollout_devices (rollout_id, device_id, site_id, role, rank, wave, state, reason,
+		if _, err := q.execRepeated(ctx, `INSERT INTO rollout_devices (rollout_id, device_id, site_id, role, rank, wave, state, reason,
 			from_version, joined_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			d.RolloutID, d.DeviceID, d.SiteID, d.Role, d.Rank, d.Wave, d.State, d.Reason, d.FromVersion,
 			formatTime(d.JoinedAt), formatTime(d.UpdatedAt)); err != nil {
@@ -173,11 +173,18 @@ type TickUpdate struct {
 	Events []RolloutEvent
 }
 
-// ApplyTick writes u in one transaction. It fails with problem.ErrConflict,
-// changing nothing, when the plan was updated since it was read (another
-// step or a human decision came first): the caller reads again.
-func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) error {
-	return s.tx(ctx, func(q *txq) error {
+// ApplyTick writes u in one transaction and returns the plan's new
+// updated_at as stored. It fails with problem.ErrConflict, changing
+// nothing, when the plan was updated since it was read (another step or a
+// human decision came first): the caller reads again.
+//
+// ApplyTick and CreateStagedRollout are the only writers of a rollout's
+// devices and events, and ApplyTick always moves updated_at forward: a
+// plan whose updated_at is still the returned one has the devices and
+// events this call left.
+func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) (time.Time, error) {
+	var version time.Time
+	err := s.tx(ctx, func(q *txq) error {
 		p := u.Plan
 		// updated_at is the plan's version: it must change with every
 		// write, also when the clock did not move (or moved back, on
@@ -200,17 +207,18 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) e
 		if n, _ := res.RowsAffected(); n != 1 {
 			return fmt.Errorf("rollout %s changed while it was being updated: %w", p.RolloutID, problem.ErrConflict)
 		}
+		version = parseTime(formatTime(p.UpdatedAt))
 		if err := insertRolloutDevices(ctx, q, u.Joined); err != nil {
 			return err
 		}
 		for _, d := range u.Changed {
-			if _, err := q.exec(ctx, `UPDATE rollout_devices SET wave = ?, state = ?, reason = ?, updated_at = ?
+			if _, err := q.execRepeated(ctx, `UPDATE rollout_devices SET wave = ?, state = ?, reason = ?, updated_at = ?
 				WHERE rollout_id = ? AND device_id = ?`, d.Wave, d.State, d.Reason, formatTime(d.UpdatedAt), d.RolloutID, d.DeviceID); err != nil {
 				return fmt.Errorf("update rollout device %s: %w", d.DeviceID, err)
 			}
 		}
 		for _, id := range u.Assign {
-			if _, err := q.exec(ctx, `INSERT INTO assignments (device_id, rollout_id, release_id, assigned_at) VALUES (?, ?, ?, ?)
+			if _, err := q.execRepeated(ctx, `INSERT INTO assignments (device_id, rollout_id, release_id, assigned_at) VALUES (?, ?, ?, ?)
 				ON CONFLICT (device_id) DO UPDATE SET rollout_id = excluded.rollout_id,
 				release_id = excluded.release_id, assigned_at = excluded.assigned_at`,
 				id, p.RolloutID, u.ReleaseID, formatTime(u.At)); err != nil {
@@ -218,12 +226,16 @@ func (s *Store) ApplyTick(ctx context.Context, u TickUpdate, readAt time.Time) e
 			}
 		}
 		for _, id := range u.Unassign {
-			if _, err := q.exec(ctx, `DELETE FROM assignments WHERE device_id = ? AND rollout_id = ?`, id, p.RolloutID); err != nil {
+			if _, err := q.execRepeated(ctx, `DELETE FROM assignments WHERE device_id = ? AND rollout_id = ?`, id, p.RolloutID); err != nil {
 				return fmt.Errorf("withdraw assignment of %s: %w", id, err)
 			}
 		}
 		return insertRolloutEvents(ctx, q, u.Events)
 	})
+	if err != nil {
+		return time.Time{}, err
+	}
+	return version, nil
 }
 
 // ActiveRollouts returns, for each of the given devices that belongs to a

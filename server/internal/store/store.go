@@ -124,6 +124,7 @@ type querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
 // tx runs fn in a transaction, committing when it returns nil.
@@ -144,12 +145,34 @@ func (s *Store) tx(ctx context.Context, fn func(q *txq) error) error {
 
 // txq runs rebound queries on a transaction or the database.
 type txq struct {
-	s *Store
-	q querier
+	s     *Store
+	q     querier
+	stmts map[string]*sql.Stmt // execRepeated's, closed with the transaction
 }
 
 func (t *txq) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	return t.q.ExecContext(ctx, t.s.rebind(query), args...)
+}
+
+// execRepeated is exec for a statement one transaction runs many times
+// (as for a group of reports): it is prepared once, in the transaction,
+// and closed with it. Outside a transaction it is exec.
+func (t *txq) execRepeated(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st, ok := t.stmts[query]
+	if !ok {
+		if _, inTx := t.q.(*sql.Tx); !inTx {
+			return t.exec(ctx, query, args...)
+		}
+		var err error
+		if st, err = t.q.PrepareContext(ctx, t.s.rebind(query)); err != nil {
+			return nil, err
+		}
+		if t.stmts == nil {
+			t.stmts = map[string]*sql.Stmt{}
+		}
+		t.stmts[query] = st
+	}
+	return st.ExecContext(ctx, args...)
 }
 
 func (t *txq) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {

@@ -160,9 +160,27 @@ func TestReportsAreDeduplicatedAndOrdered(t *testing.T) {
 		if d.StateReleaseID != rel.ID {
 			t.Fatalf("device state release = %q, want %q", d.StateReleaseID, rel.ID)
 		}
+		// A late report changes no state but counts as the device being seen.
+		t1 := t0.Add(time.Minute)
+		if _, err := s.RecordReport(ctx, "d1", &protocol.StateReport{Format: 1, Seq: 0, Time: t0, State: protocol.StateIdle, Running: "1.0.0"}, t1); err != nil {
+			t.Fatal(err)
+		}
+		d, _ = s.Device(ctx, "d1")
+		if !d.LastSeen.Equal(t1) || d.State != protocol.StateCommitted || d.LastSeq != 3 {
+			t.Fatalf("device after a late report = last seen %v state %s seq %d; want %v committed 3", d.LastSeen, d.State, d.LastSeq, t1)
+		}
+		if !report(4, protocol.StateIdle, "1.1.0") {
+			t.Fatal("report 4 not inserted")
+		}
+		if _, err := s.RecordReport(ctx, "d1", &protocol.StateReport{Format: 1, Seq: 5, Time: t0, State: protocol.StateIdle, Running: "1.1.0"}, t0); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ = s.Device(ctx, "d1"); d.StateReleaseID != "" || d.LastSeq != 5 {
+			t.Fatalf("device after a report without target = state release %q seq %d; want none, 5", d.StateReleaseID, d.LastSeq)
+		}
 		reports, _ := s.Reports(ctx, "d1")
-		if len(reports) != 3 {
-			t.Fatalf("Reports() has %d entries, want 3", len(reports))
+		if len(reports) != 6 {
+			t.Fatalf("Reports() has %d entries, want 6", len(reports))
 		}
 		_, err := s.RecordReport(ctx, "ghost", &protocol.StateReport{Format: 1, Seq: 1, Time: t0, State: protocol.StateIdle}, t0)
 		if !errors.Is(err, problem.ErrNotFound) {

@@ -250,7 +250,14 @@ func (r *Rollout) binNamesLocked() []string {
 // BinOf returns the name of the bin holding a device's assignment, or
 // "targets" in a flat repository.
 func (r *Rollout) BinOf(deviceID string) string {
-	if s := r.succinct(); s != nil {
+	return binOf(r.succinct(), deviceID)
+}
+
+// binOf is BinOf for the delegation s (from succinct, nil in a flat
+// repository): callers placing many devices compute s, the signer's key
+// ID, once.
+func binOf(s *metadata.SuccinctRoles, deviceID string) string {
+	if s != nil {
 		return s.GetRolesForTarget(protocol.AssignmentPath(deviceID))[0].Name
 	}
 	return metadata.TARGETS
@@ -261,8 +268,9 @@ func (r *Rollout) BinOf(deviceID string) string {
 // version, then one new snapshot and timestamp cover them all.
 func (r *Rollout) AssignmentsChanged(ctx context.Context, deviceIDs []string) error {
 	bins := map[string]bool{}
+	succinct := r.succinct()
 	for _, id := range deviceIDs {
-		bins[r.BinOf(id)] = true
+		bins[binOf(succinct, id)] = true
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -336,9 +344,10 @@ func (r *Rollout) entriesLocked(ctx context.Context, bins map[string]bool) (map[
 	if err != nil {
 		return nil, fmt.Errorf("read assigned devices: %w", err)
 	}
+	succinct := r.succinct()
 	var wanted []string
 	for _, id := range ids {
-		if _, ok := out[r.BinOf(id)]; ok {
+		if _, ok := out[binOf(succinct, id)]; ok {
 			wanted = append(wanted, id)
 		}
 	}
@@ -353,7 +362,7 @@ func (r *Rollout) entriesLocked(ctx context.Context, bins map[string]bool) (map[
 			r.opts.Log.Warn("assignment not published", "device_id", a.DeviceID, "rollout_id", a.RolloutID, "err", err)
 			continue
 		}
-		if bin, ok := out[r.BinOf(a.DeviceID)]; ok {
+		if bin, ok := out[binOf(succinct, a.DeviceID)]; ok {
 			bin[tf.Path] = tf
 		}
 	}
