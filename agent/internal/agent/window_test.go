@@ -23,14 +23,22 @@ func (a *testAgent) states(t *testing.T) []string {
 	return out
 }
 
-func TestInstallWaitsForTheMaintenanceWindow(t *testing.T) {
+// windowed assigns release 1.1.0 to the test device with one maintenance
+// window an hour from now, and returns the agent, the window's start and
+// the release.
+func windowed(t *testing.T) (*reposim.Sim, *testAgent, time.Time, firmware.Manifest) {
+	t.Helper()
 	sim := reposim.New(t)
 	m := sim.AddRelease("1.1.0", false, "pump-x1")
 	sim.Publish(sim.Release)
 	start := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
 	sim.AssignInWindows(testDeviceID, "rollout-1", m.TargetPath(), []protocol.Window{{Start: start, End: start.Add(time.Hour)}})
 	sim.Publish(sim.Rollout)
-	a := newTestAgent(t, sim, "", slowread.Limits{})
+	return sim, newTestAgent(t, sim, "", slowread.Limits{}), start, m
+}
+
+func TestInstallWaitsForTheMaintenanceWindow(t *testing.T) {
+	_, a, start, _ := windowed(t)
 	ctx := context.Background()
 	for range 2 {
 		if err := a.check(ctx); err != nil {
@@ -115,13 +123,7 @@ func TestBusyHookHoldsTheInstall(t *testing.T) {
 // arms that image once the window opens, without downloading it again;
 // an image changed in the slot meanwhile is downloaded again.
 func TestWaitingImageSurvivesAnAgentRestart(t *testing.T) {
-	sim := reposim.New(t)
-	m := sim.AddRelease("1.1.0", false, "pump-x1")
-	sim.Publish(sim.Release)
-	start := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
-	sim.AssignInWindows(testDeviceID, "rollout-1", m.TargetPath(), []protocol.Window{{Start: start, End: start.Add(time.Hour)}})
-	sim.Publish(sim.Rollout)
-	a := newTestAgent(t, sim, "", slowread.Limits{})
+	sim, a, start, m := windowed(t)
 	ctx := context.Background()
 	if err := a.check(ctx); err != nil {
 		t.Fatalf("check() outside the window = %v, want nil (waiting)", err)
@@ -162,13 +164,7 @@ func TestWaitingImageSurvivesAnAgentRestart(t *testing.T) {
 }
 
 func TestWaitingImageChangedInTheSlotIsDownloadedAgain(t *testing.T) {
-	sim := reposim.New(t)
-	m := sim.AddRelease("1.1.0", false, "pump-x1")
-	sim.Publish(sim.Release)
-	start := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
-	sim.AssignInWindows(testDeviceID, "rollout-1", m.TargetPath(), []protocol.Window{{Start: start, End: start.Add(time.Hour)}})
-	sim.Publish(sim.Rollout)
-	a := newTestAgent(t, sim, "", slowread.Limits{})
+	sim, a, start, m := windowed(t)
 	ctx := context.Background()
 	if err := a.check(ctx); err != nil {
 		t.Fatalf("check() outside the window = %v, want nil (waiting)", err)
