@@ -58,23 +58,7 @@ func TestReplicasStepWithoutLeaseStillOnce(t *testing.T) {
 				}
 			}
 		}
-		view := f.view(v.ID)
-		if view.Status != rollout.StatusCompleted {
-			t.Fatalf("rollout %s after 20 rounds, want completed", view.Status)
-		}
-		var keys []string
-		for _, e := range view.Events {
-			keys = append(keys, e.Key)
-		}
-		if want := []string{"wave/0", "wave/1", "wave/2", "wave/3", "completed/12"}; !slices.Equal(keys, want) {
-			t.Fatalf("events %v, want %v", keys, want)
-		}
-		f.rec.mu.Lock()
-		published := slices.Sorted(slices.Values(f.rec.published))
-		f.rec.mu.Unlock()
-		if len(published) != 12 || len(slices.Compact(published)) != 12 {
-			t.Fatalf("published assignments %v, want each of the 12 devices once", published)
-		}
+		f.completedOnce(t, v.ID)
 		t.Logf("%d steps lost a race and changed nothing", conflicts)
 	})
 }
@@ -108,22 +92,30 @@ func TestReplicasTakeTurns(t *testing.T) {
 				t.Fatalf("round %d: %v", round, err)
 			}
 		}
-		view := f.view(v.ID)
-		if view.Status != rollout.StatusCompleted {
-			t.Fatalf("rollout %s after 20 rounds, want completed", view.Status)
-		}
-		var keys []string
-		for _, e := range view.Events {
-			keys = append(keys, e.Key)
-		}
-		if want := []string{"wave/0", "wave/1", "wave/2", "wave/3", "completed/12"}; !slices.Equal(keys, want) {
-			t.Fatalf("events %v, want %v", keys, want)
-		}
-		f.rec.mu.Lock()
-		published := slices.Sorted(slices.Values(f.rec.published))
-		f.rec.mu.Unlock()
-		if len(published) != 12 || len(slices.Compact(published)) != 12 {
-			t.Fatalf("published assignments %v, want each of the 12 devices once", published)
-		}
+		f.completedOnce(t, v.ID)
 	})
+}
+
+// completedOnce checks that the rollout of 12 devices in a canary and
+// three waves completed, recorded each wave and its completion once, and
+// published each device's assignment once.
+func (f *fixture) completedOnce(t *testing.T, id string) {
+	t.Helper()
+	view := f.view(id)
+	if view.Status != rollout.StatusCompleted {
+		t.Fatalf("rollout %s after 20 rounds, want completed", view.Status)
+	}
+	var keys []string
+	for _, e := range view.Events {
+		keys = append(keys, e.Key)
+	}
+	if want := []string{"wave/0", "wave/1", "wave/2", "wave/3", "completed/12"}; !slices.Equal(keys, want) {
+		t.Fatalf("events %v, want %v", keys, want)
+	}
+	f.rec.mu.Lock()
+	published := slices.Sorted(slices.Values(f.rec.published))
+	f.rec.mu.Unlock()
+	if len(published) != 12 || len(slices.Compact(published)) != 12 {
+		t.Fatalf("published assignments %v, want each of the 12 devices once", published)
+	}
 }
