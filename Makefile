@@ -32,9 +32,11 @@ sbom: build
 demo: build
 	./$(BIN)/aftercare demo
 
-## test: vet, then every test with the race detector (needs Mosquitto and PostgreSQL; see README)
+## test: vet, then every test with the race detector (needs Mosquitto and PostgreSQL; see README).
+## -count=1: the e2e and fleet tests build the binaries they run, which Go's
+## test cache does not see, so a cached pass could hide a change.
 test: vet
-	$(GO) test -race -timeout $(TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TIMEOUT) ./...
 
 vet:
 	$(GO) vet ./...
