@@ -11,9 +11,12 @@ import (
 // so nothing it had not committed was acknowledged.
 //
 // The returned function hands a message from a device's events topic to
-// the ingester; it blocks while the ingester's queue is full
-// (back-pressure on the broker rather than unbounded memory) until the
-// ingester stops.
+// the ingester; it blocks while the ingester's queue is full, until the
+// ingester stops. The bridge runs each message's handler in its own
+// goroutine (paho with order not mattering), so under a slow database
+// what waits is held in memory, bounded by the messages the broker lets
+// the server's client hold unacknowledged (its inflight limit: 65,535 on
+// the embedded broker), not pushed back on the broker.
 func (s *Server) startIngest() (*ingest.Ingester, func(deviceID string, payload []byte, ack func()), error) {
 	in, err := ingest.New(ingest.Options{Store: s.store, Log: s.log.With("component", "ingest")})
 	if err != nil {
