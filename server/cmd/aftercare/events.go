@@ -248,16 +248,8 @@ func alertsCmd(e *env) *cobra.Command {
 		Short: "Acknowledge an alert (PSIRT, or hospital IT of its site); kept in the audit log with --reason",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/alerts/"+url.PathEscape(args[0])+"/ack", map[string]string{}, &raw); err != nil {
-				return err
-			}
 			var out struct{ Alert store.Alert }
-			return e.show(raw, &out, func(w io.Writer) { fmt.Fprintf(w, "alert %s acknowledged by %s\n", out.Alert.ID, out.Alert.AckedBy) })
+			return e.postShow(cmd.Context(), "/api/v1/alerts/"+url.PathEscape(args[0])+"/ack", map[string]string{}, &out, func(w io.Writer) { fmt.Fprintf(w, "alert %s acknowledged by %s\n", out.Alert.ID, out.Alert.AckedBy) })
 		},
 	}
 	cmd.AddCommand(list, ack, rulesCmd(e))
@@ -295,16 +287,8 @@ func rulesCmd(e *env) *cobra.Command {
 		Short: "Add a custom rule: at least --threshold events of --category within --window on one device (PSIRT)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/alert-rules", req, &raw); err != nil {
-				return err
-			}
 			var out struct{ Rule store.AlertRule }
-			return e.show(raw, &out, func(w io.Writer) { fmt.Fprintf(w, "rule %s added\n", out.Rule.ID) })
+			return e.postShow(cmd.Context(), "/api/v1/alert-rules", req, &out, func(w io.Writer) { fmt.Fprintf(w, "rule %s added\n", out.Rule.ID) })
 		},
 	}
 	f := add.Flags()

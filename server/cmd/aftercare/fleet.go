@@ -55,16 +55,8 @@ func siteCmd(e *env) *cobra.Command {
 		Short: "Create a site, e.g. \"St. Mary Radiology\"",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/sites", map[string]string{"name": args[0], "organisation": org}, &raw); err != nil {
-				return err
-			}
 			var s site
-			return e.show(raw, &s, func(w io.Writer) { fmt.Fprintf(w, "site %s: %s\n", s.ID, s.Name) })
+			return e.postShow(cmd.Context(), "/api/v1/sites", map[string]string{"name": args[0], "organisation": org}, &s, func(w io.Writer) { fmt.Fprintf(w, "site %s: %s\n", s.ID, s.Name) })
 		},
 	}
 	create.Flags().StringVar(&org, "organisation", "", "the organisation (hospital) the site belongs to, by ID or name; a new name makes it (default: the default organisation)")
@@ -73,18 +65,10 @@ func siteCmd(e *env) *cobra.Command {
 		Short: "List sites",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/sites", &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Sites []site `json:"sites"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/sites", &out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tNAME\tORGANISATION")
 				for _, s := range out.Sites {
@@ -100,19 +84,11 @@ func siteCmd(e *env) *cobra.Command {
 		Short: "Make one-time enrollment tokens for devices of a site",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/enrollment-tokens", map[string]int{"count": count}, &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Tokens    []string  `json:"tokens"`
 				ExpiresAt time.Time `json:"expires_at"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.postShow(cmd.Context(), "/api/v1/sites/"+url.PathEscape(args[0])+"/enrollment-tokens", map[string]int{"count": count}, &out, func(w io.Writer) {
 				for _, t := range out.Tokens {
 					fmt.Fprintln(w, t)
 				}

@@ -419,20 +419,12 @@ file instead: set the key and release_root/rollout_root, restart the server.`,
 				}
 				body["targets"] = t
 			}
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/repository/"+repo+"/root", body, &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Signed struct {
 					Version int `json:"version"`
 				} `json:"signed"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.postShow(cmd.Context(), "/api/v1/repository/"+repo+"/root", body, &out, func(w io.Writer) {
 				fmt.Fprintf(w, "the %s repository's root is now version %d\n", repo, out.Signed.Version)
 			})
 		},

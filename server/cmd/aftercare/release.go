@@ -496,18 +496,10 @@ func releaseListCmd(e *env) *cobra.Command {
 		Short: "List published releases",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/releases", &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Releases []release `json:"releases"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/releases", &out, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tPRODUCT\tVERSION\tMODELS\tPUBLISHED")
 				for _, r := range out.Releases {

@@ -211,18 +211,10 @@ func rolloutCmd(e *env) *cobra.Command {
 		Short: "List rollouts, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.getJSON(cmd.Context(), "/api/v1/rollouts", &raw); err != nil {
-				return err
-			}
 			var out struct {
 				Rollouts []rolloutView `json:"rollouts"`
 			}
-			return e.show(raw, &out, func(w io.Writer) {
+			return e.getShow(cmd.Context(), "/api/v1/rollouts", &out, func(w io.Writer) {
 				for _, r := range out.Rollouts {
 					r.summary(w)
 				}
@@ -278,26 +270,20 @@ func rolloutActionCmd(e *env, action string) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
-			if err := c.postJSON(cmd.Context(), "/api/v1/rollouts/"+url.PathEscape(args[0])+"/"+action, map[string]string{"reason": reason}, &raw); err != nil {
-				return err
-			}
+			path := "/api/v1/rollouts/" + url.PathEscape(args[0]) + "/" + action
+			body := map[string]string{"reason": reason}
 			if action == "rollback" {
 				var out struct {
 					Rollouts []rolloutView `json:"rollouts"`
 				}
-				return e.show(raw, &out, func(w io.Writer) {
+				return e.postShow(cmd.Context(), path, body, &out, func(w io.Writer) {
 					for _, r := range out.Rollouts {
 						r.summary(w)
 					}
 				})
 			}
 			var out rolloutView
-			return e.show(raw, &out, func(w io.Writer) { out.summary(w) })
+			return e.postShow(cmd.Context(), path, body, &out, func(w io.Writer) { out.summary(w) })
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why, for the audit log (required)")
