@@ -12,6 +12,7 @@ import (
 
 	"github.com/aftercare/aftercare/server/internal/problem"
 	"github.com/aftercare/aftercare/server/internal/rollout"
+	"github.com/aftercare/aftercare/server/internal/store"
 	"github.com/aftercare/aftercare/server/internal/store/storetest"
 )
 
@@ -23,23 +24,8 @@ import (
 // losing step of each race fails with a conflict and changes nothing.
 func TestReplicasStepWithoutLeaseStillOnce(t *testing.T) {
 	storetest.ForEachURL(t, func(t *testing.T, dbURL string) {
-		f := newFixture(t, storetest.Open(t, dbURL), nil)
-		other, err := rollout.New(rollout.Options{Store: storetest.Open(t, dbURL), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Publisher: f.rec, Now: f.clk.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		site := f.site("a")
-		for i := range 12 {
-			f.device(site, fmt.Sprint("d", i), "1.0.0")
-		}
-		rel := f.release("2.0.0")
+		f, other, rel, v := twoReplicas(t, dbURL)
 		ctx := context.Background()
-		v, err := f.e.Create(ctx, rollout.Request{ReleaseID: rel.ID, Actor: "eng", Reason: "CVE fix",
-			Plan: rollout.Plan{Canary: 1, Waves: []float64{25, 50, 100}}})
-		if err != nil {
-			t.Fatal(err)
-		}
 		conflicts := 0
 		for round := 0; round < 20 && f.view(v.ID).Status != rollout.StatusCompleted; round++ {
 			f.succeed(v.ID, rel)
@@ -68,23 +54,8 @@ func TestReplicasStepWithoutLeaseStillOnce(t *testing.T) {
 // wrote itself the step before (it keeps that between its steps).
 func TestReplicasTakeTurns(t *testing.T) {
 	storetest.ForEachURL(t, func(t *testing.T, dbURL string) {
-		f := newFixture(t, storetest.Open(t, dbURL), nil)
-		other, err := rollout.New(rollout.Options{Store: storetest.Open(t, dbURL), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Publisher: f.rec, Now: f.clk.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		site := f.site("a")
-		for i := range 12 {
-			f.device(site, fmt.Sprint("d", i), "1.0.0")
-		}
-		rel := f.release("2.0.0")
+		f, other, rel, v := twoReplicas(t, dbURL)
 		ctx := context.Background()
-		v, err := f.e.Create(ctx, rollout.Request{ReleaseID: rel.ID, Actor: "eng", Reason: "CVE fix",
-			Plan: rollout.Plan{Canary: 1, Waves: []float64{25, 50, 100}}})
-		if err != nil {
-			t.Fatal(err)
-		}
 		engines := []*rollout.Engine{f.e, other}
 		for round := 0; round < 20 && f.view(v.ID).Status != rollout.StatusCompleted; round++ {
 			f.succeed(v.ID, rel)
@@ -94,6 +65,30 @@ func TestReplicasTakeTurns(t *testing.T) {
 		}
 		f.completedOnce(t, v.ID)
 	})
+}
+
+// twoReplicas is a fixture with a second engine on its own connection
+// pool of the same database, 12 devices in one site, and a rollout of
+// release 2.0.0 to them in a canary and three waves.
+func twoReplicas(t *testing.T, dbURL string) (*fixture, *rollout.Engine, store.Release, rollout.View) {
+	t.Helper()
+	f := newFixture(t, storetest.Open(t, dbURL), nil)
+	other, err := rollout.New(rollout.Options{Store: storetest.Open(t, dbURL), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Publisher: f.rec, Now: f.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := f.site("a")
+	for i := range 12 {
+		f.device(site, fmt.Sprint("d", i), "1.0.0")
+	}
+	rel := f.release("2.0.0")
+	v, err := f.e.Create(context.Background(), rollout.Request{ReleaseID: rel.ID, Actor: "eng", Reason: "CVE fix",
+		Plan: rollout.Plan{Canary: 1, Waves: []float64{25, 50, 100}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, other, rel, v
 }
 
 // completedOnce checks that the rollout of 12 devices in a canary and
