@@ -298,16 +298,11 @@ func (s *Store) Tokens(ctx context.Context, userID string) ([]Token, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read tokens: %w", err)
 	}
-	defer rows.Close()
-	var out []Token
-	for rows.Next() {
-		t, err := scanToken(rows)
-		if err != nil {
-			return nil, fmt.Errorf("read tokens: %w", err)
-		}
-		out = append(out, t)
+	out, err := collect(rows, scanToken)
+	if err != nil {
+		return nil, fmt.Errorf("read tokens: %w", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // TokenByHash returns the token whose secret hashes to secretHash and its

@@ -270,16 +270,7 @@ func (s *Store) Alerts(ctx context.Context, f AlertFilter) ([]Alert, error) {
 	if err != nil {
 		return nil, fmt.Errorf("query alerts: %w", err)
 	}
-	defer rows.Close()
-	var out []Alert
-	for rows.Next() {
-		a, err := scanAlert(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return collect(rows, scanAlert)
 }
 
 func scanAlert(row interface{ Scan(...any) error }) (Alert, error) {

@@ -117,16 +117,7 @@ func (s *Store) Dispositions(ctx context.Context, f DispositionFilter) ([]Dispos
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Disposition
-	for rows.Next() {
-		d, err := scanDisposition(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return collect(rows, scanDisposition)
 }
 
 // DispositionHistory returns the changes matching f, oldest first.

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"strings"
@@ -181,19 +180,10 @@ func (s *Store) Findings(ctx context.Context, f FindingFilter) ([]Finding, error
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Finding
-	for rows.Next() {
-		fd, err := scanFinding(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, fd)
-	}
-	return out, rows.Err()
+	return collect(rows, scanFinding)
 }
 
-func scanFinding(rows *sql.Rows) (Finding, error) {
+func scanFinding(rows interface{ Scan(...any) error }) (Finding, error) {
 	var f Finding
 	var advisories, rules, evidence, first string
 	var patched int

@@ -256,16 +256,7 @@ func (s *Store) Devices(ctx context.Context, f DeviceFilter) ([]Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return collect(rows, func(sc interface{ Scan(...any) error }) (Device, error) { return scanDevice(sc) })
 }
 
 func placeholders(n int) string {

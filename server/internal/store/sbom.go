@@ -135,16 +135,7 @@ func (s *Store) ReleasesWithoutSBOMRecord(ctx context.Context) ([]Release, error
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Release
-	for rows.Next() {
-		r, err := scanRelease(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return collect(rows, scanRelease)
 }
 
 // SBOMComponents calls fn for every component of the given releases (all

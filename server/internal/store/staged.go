@@ -122,16 +122,7 @@ func (s *Store) RolloutPlans(ctx context.Context, statuses ...string) ([]Rollout
 	if err != nil {
 		return nil, fmt.Errorf("list rollout plans: %w", err)
 	}
-	defer rows.Close()
-	var out []RolloutPlan
-	for rows.Next() {
-		p, err := scanPlan(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return collect(rows, scanPlan)
 }
 
 // RolloutDevices returns the cohort of a rollout, by rank.
