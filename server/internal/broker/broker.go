@@ -119,6 +119,7 @@ type Options struct {
 // Broker is a running embedded broker. It is safe for concurrent use.
 type Broker struct {
 	srv  *mqtt.Server
+	ln   *handshakeListener
 	addr net.Addr
 	log  *slog.Logger
 	auth *authHook
@@ -163,7 +164,8 @@ func Start(opts Options) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
-	tcp := listeners.NewNet("mtls", newHandshakeListener(ln, tlsConf, log))
+	hl := newHandshakeListener(ln, tlsConf, log)
+	tcp := listeners.NewNet("mtls", hl)
 	if err := srv.AddListener(tcp); err != nil {
 		ln.Close()
 		return nil, err
@@ -171,7 +173,7 @@ func Start(opts Options) (*Broker, error) {
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("broker: serve: %w", err)
 	}
-	return &Broker{srv: srv, addr: ln.Addr(), log: log, auth: auth}, nil
+	return &Broker{srv: srv, ln: hl, addr: ln.Addr(), log: log, auth: auth}, nil
 }
 
 func withDefaults(l Limits) Limits {
@@ -222,7 +224,12 @@ func (b *Broker) Disconnect(deviceID string) {
 
 // Close stops the broker and disconnects every client. Sessions and
 // the messages they hold are in memory only: see Drain.
-func (b *Broker) Close() error { return b.srv.Close() }
+// It first stops accepting and lets mochi take the connections already
+// accepted (see handshakeListener).
+func (b *Broker) Close() error {
+	b.ln.quiesce(time.Second)
+	return b.srv.Close()
+}
 
 // drainPoll is how often Drain looks at the broker's state.
 const drainPoll = 10 * time.Millisecond
@@ -325,7 +332,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // listener required and verified it against the device CA before the
 // CONNECT packet could be read.
 func peer(cl *mqtt.Client) *x509.Certificate {
-	conn, ok := cl.Net.Conn.(*tls.Conn)
+	conn, ok := cl.Net.Conn.(interface{ ConnectionState() tls.ConnectionState })
 	if !ok {
 		return nil
 	}
