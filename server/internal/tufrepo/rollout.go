@@ -85,6 +85,9 @@ type Rollout struct {
 	chain   chain                                               // guarded by mu
 	targets *metadata.Metadata[metadata.TargetsType]            // guarded by mu; nil before the first publish
 	bins    map[string]*metadata.Metadata[metadata.TargetsType] // guarded by mu; by role name
+	// lengths are the encoded lengths of targets and the bins, by role
+	// name, so a snapshot does not encode every bin again. Guarded by mu.
+	lengths map[string]int64
 }
 
 func (o *RolloutOptions) setDefaults() error {
@@ -132,7 +135,7 @@ func (r *Rollout) loadLocked() error {
 	if r.targets, err = latestVersioned[metadata.TargetsType](r.metaDir(), metadata.TARGETS); err != nil {
 		return err
 	}
-	r.bins = map[string]*metadata.Metadata[metadata.TargetsType]{}
+	r.bins, r.lengths = map[string]*metadata.Metadata[metadata.TargetsType]{}, map[string]int64{}
 	if r.targets == nil {
 		return nil
 	}
@@ -154,7 +157,7 @@ func OpenRollout(opts RolloutOptions, rootJSON []byte) (*Rollout, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	r := &Rollout{opts: opts, bins: map[string]*metadata.Metadata[metadata.TargetsType]{}}
+	r := &Rollout{opts: opts, bins: map[string]*metadata.Metadata[metadata.TargetsType]{}, lengths: map[string]int64{}}
 	r.chain = chain{
 		dir: r.metaDir(), snapshotSigner: opts.Signer, timestampSigner: opts.Signer,
 		snapshotExpiry: opts.SnapshotExpiry, timestampExpiry: opts.TimestampExpiry, now: opts.Now, log: opts.Log,
@@ -418,7 +421,7 @@ func (r *Rollout) signTopLocked(entries map[string]*metadata.TargetFiles, writte
 		return err
 	}
 	written[fmt.Sprintf("%d.%s.json", t.Signed.Version, metadata.TARGETS)] = b
-	r.targets = t
+	r.targets, r.lengths[metadata.TARGETS] = t, int64(len(b))
 	return nil
 }
 
@@ -438,7 +441,7 @@ func (r *Rollout) signBinLocked(name string, entries map[string]*metadata.Target
 		return err
 	}
 	written[fmt.Sprintf("%d.%s.json", t.Signed.Version, name)] = b
-	r.bins[name] = t
+	r.bins[name], r.lengths[name] = t, int64(len(b))
 	return nil
 }
 
@@ -483,12 +486,17 @@ func (r *Rollout) commitLocked(written map[string][]byte) error {
 func (r *Rollout) snapshotMetaLocked() map[string]*metadata.MetaFiles {
 	meta := map[string]*metadata.MetaFiles{}
 	add := func(name string, t *metadata.Metadata[metadata.TargetsType]) {
-		b, err := t.ToBytes(false)
-		if err != nil {
-			panic("tufrepo: encode rollout metadata: " + err.Error())
+		n, ok := r.lengths[name]
+		if !ok { // loaded from disk
+			b, err := t.ToBytes(false)
+			if err != nil {
+				panic("tufrepo: encode rollout metadata: " + err.Error())
+			}
+			n = int64(len(b))
+			r.lengths[name] = n
 		}
 		mf := metadata.MetaFile(t.Signed.Version)
-		mf.Length = int64(len(b))
+		mf.Length = n
 		meta[name+".json"] = mf
 	}
 	add(metadata.TARGETS, r.targets)
