@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -351,6 +352,70 @@ func procStatus(pid int, field string) (float64, error) {
 	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
 }
 
+// procCPU returns the CPU time (user and system) a process has used.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 12th and 13th of them, in
+	// clock ticks (USER_HZ, 100 on Linux).
+	_, rest, _ := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
+// profileSim writes a CPU profile of this process (the simulated devices)
+// to $AFTERCARE_FLEETSIM_LOGS/name.pprof until the returned function is
+// called, when that variable is set. (The server's own profile:
+// AFTERCARE_PPROF_LISTEN, see docs/configuration.md.)
+func profileSim(tb testing.TB, name string) func() {
+	dir := os.Getenv("AFTERCARE_FLEETSIM_LOGS")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		tb.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// cpuUse is the CPU time two processes used over a span: this test
+// process (the simulated devices) and another (the server or a broker).
+type cpuUse struct{ self, other time.Duration }
+
+// cpuSince returns the CPU time used since from, which is what cpuSince
+// returned for the same pid with a zero from.
+func cpuSince(tb testing.TB, pid int, from cpuUse) cpuUse {
+	tb.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	other, err := procCPU(pid)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	self := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return cpuUse{self: self - from.self, other: other - from.other}
+}
+
 // publishRelease builds, signs (offline targets key) and uploads a release
 // of a small image through the CLI, and returns its ID and target path.
 func (e *simEnv) publishRelease(tb testing.TB) (string, string) {
@@ -440,7 +505,8 @@ func (e *simEnv) waitCompleted(ctx context.Context, rolloutID string) (int, erro
 // them on the server's shared subscription, acknowledging at once. It
 // returns the time from the first hint to the last report received.
 // The devices connect to it once that client has subscribed.
-func (e *simEnv) rawBaseline(tb testing.TB, brokerURL string, clientTLS *tls.Config) time.Duration {
+// brokerPID is the broker's process, for its CPU time.
+func (e *simEnv) rawBaseline(tb testing.TB, brokerURL string, clientTLS *tls.Config, brokerPID int) (time.Duration, cpuUse) {
 	tb.Helper()
 	want := int64(len(e.fleet.devices) * len(simStates))
 	var got atomic.Int64
@@ -468,6 +534,7 @@ func (e *simEnv) rawBaseline(tb testing.TB, brokerURL string, clientTLS *tls.Con
 		return d.install(ctx, simFromVersion, "raw/target", simToVersion)
 	})
 	hint, _ := json.Marshal(protocol.Hint{Format: protocol.Format, Time: time.Now().UTC(), Reason: "raw"})
+	cpu0 := cpuSince(tb, brokerPID, cpuUse{})
 	start := time.Now()
 	toks := make([]paho.Token, len(e.fleet.devices))
 	for i, d := range e.fleet.devices {
@@ -485,7 +552,7 @@ func (e *simEnv) rawBaseline(tb testing.TB, brokerURL string, clientTLS *tls.Con
 	case <-time.After(10 * time.Minute):
 		tb.Fatalf("raw baseline: %d of %d state messages received", got.Load(), want)
 	}
-	return time.Since(start)
+	return time.Since(start), cpuSince(tb, brokerPID, cpu0)
 }
 
 // serverClientTLS writes the server's client certificate for an external
@@ -507,8 +574,9 @@ func (e *simEnv) serverClientTLS(tb testing.TB) *tls.Config {
 const simBrokerEnv = "AFTERCARE_FLEETSIM_BROKER"
 
 // startSimBroker runs the embedded broker for e's configuration in a
-// child process and returns its URL and a function that stops it.
-func (e *simEnv) startSimBroker(tb testing.TB) (string, func()) {
+// child process and returns its URL, its process ID and a function that
+// stops it.
+func (e *simEnv) startSimBroker(tb testing.TB) (string, int, func()) {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(append(os.Environ(), e.env...), simBrokerEnv+"=1")
@@ -531,7 +599,7 @@ func (e *simEnv) startSimBroker(tb testing.TB) (string, func()) {
 		cmd.Wait()
 	})
 	tb.Cleanup(stop)
-	return strings.TrimSpace(line), stop
+	return strings.TrimSpace(line), cmd.Process.Pid, stop
 }
 
 // runSimBroker is the child process of startSimBroker: the embedded broker
@@ -573,8 +641,11 @@ func runSimBroker() int {
 // simResult is one run's figures.
 type simResult struct {
 	rollout, raw time.Duration
-	serverHWM    float64 // MiB
-	brokerHWM    float64 // MiB, external broker only
+	// rolloutCPU.other is the server's, rawCPU.other the broker's; with
+	// Mosquitto the rollout's broker CPU is not counted.
+	rolloutCPU, rawCPU cpuUse
+	serverHWM          float64 // MiB
+	brokerHWM          float64 // MiB, external broker only
 }
 
 // runFleetRollout runs the whole benchmark once against the embedded
@@ -591,8 +662,8 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 		// The baseline runs through the broker the server embeds, started
 		// by the same function with the same configuration, in a process of
 		// its own (this test binary, see runSimBroker).
-		url, stop := e.startSimBroker(tb)
-		res.raw = e.rawBaseline(tb, url, e.serverClientTLS(tb))
+		url, pid, stop := e.startSimBroker(tb)
+		res.raw, res.rawCPU = e.rawBaseline(tb, url, e.serverClientTLS(tb), pid)
 		e.fleet.disconnectAll()
 		stop()
 	case "mosquitto":
@@ -601,7 +672,7 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 		e = newSimEnv(tb, "ssl://"+m.addr)
 		e.enroll(tb, devices, sites)
 		m.configure(tb, e)
-		res.raw = e.rawBaseline(tb, "ssl://"+m.addr, e.serverClientTLS(tb))
+		res.raw, res.rawCPU = e.rawBaseline(tb, "ssl://"+m.addr, e.serverClientTLS(tb), m.cmd.Process.Pid)
 	default:
 		tb.Fatalf("unknown broker %q", brokerKind)
 	}
@@ -628,10 +699,14 @@ func runFleetRollout(tb testing.TB, devices, sites int, brokerKind string) simRe
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
+	stopProfile := profileSim(tb, "rollout-"+brokerKind)
+	cpu0 := cpuSince(tb, e.server.Process.Pid, cpuUse{})
 	start := time.Now()
 	id := e.createRollout(tb, relID)
 	succeeded, err := e.waitCompleted(ctx, id)
 	res.rollout = time.Since(start)
+	res.rolloutCPU = cpuSince(tb, e.server.Process.Pid, cpu0)
+	stopProfile()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -691,6 +766,10 @@ func BenchmarkFleetRollout(b *testing.B) {
 				b.ReportMetric(r.rollout.Seconds(), "rollout_s")
 				b.ReportMetric(r.raw.Seconds(), "raw_s")
 				b.ReportMetric(r.serverHWM, "server_MiB")
+				b.ReportMetric(r.rolloutCPU.other.Seconds(), "server_cpu_s")
+				b.ReportMetric(r.rolloutCPU.self.Seconds(), "sim_cpu_s")
+				b.ReportMetric(r.rawCPU.other.Seconds(), "raw_broker_cpu_s")
+				b.ReportMetric(r.rawCPU.self.Seconds(), "raw_sim_cpu_s")
 				if r.brokerHWM > 0 {
 					b.ReportMetric(r.brokerHWM, "mosquitto_MiB")
 				}

@@ -154,7 +154,7 @@ func (d *simDevice) install(ctx context.Context, from, target, version string) e
 type rolloutRepo struct {
 	base   string // e.g. http://127.0.0.1:8080/tuf/rollout/metadata/
 	http   *http.Client
-	parsed sync.Map // versioned file name -> its parsed metadata
+	parsed sync.Map // versioned file name -> *parsedFile
 }
 
 func newRolloutRepo(serverURL string) *rolloutRepo {
@@ -229,22 +229,33 @@ func (r *rolloutRepo) entry(ctx context.Context, deviceID string) (string, error
 	return c.Target, nil
 }
 
+// parsedFile is a versioned metadata file parsed once for all devices.
+type parsedFile struct {
+	once sync.Once
+	m    any // *metadata.Metadata[T]
+	err  error
+}
+
 // fetchParsed fetches a versioned metadata file and parses it, or takes
-// the parse of the same file from an earlier device.
+// the parse of the same file from the first device that fetched it (the
+// devices that fetch it meanwhile wait for that parse).
 func fetchParsed[T metadata.Roles](ctx context.Context, r *rolloutRepo, name string) (*metadata.Metadata[T], error) {
 	b, err := r.get(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	if m, ok := r.parsed.Load(name); ok {
-		return m.(*metadata.Metadata[T]), nil
+	v, _ := r.parsed.LoadOrStore(name, &parsedFile{})
+	p := v.(*parsedFile)
+	p.once.Do(func() {
+		p.m, p.err = new(metadata.Metadata[T]).FromBytes(b)
+		if p.err != nil {
+			p.err = fmt.Errorf("%s: %w", name, p.err)
+		}
+	})
+	if p.err != nil {
+		return nil, p.err
 	}
-	m, err := new(metadata.Metadata[T]).FromBytes(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	r.parsed.Store(name, m)
-	return m, nil
+	return p.m.(*metadata.Metadata[T]), nil
 }
 
 // simFleet is a set of connected devices sharing one action.
