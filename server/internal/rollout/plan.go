@@ -285,7 +285,7 @@ func (e *Engine) refuseOverlap(ctx context.Context, devices []store.RolloutDevic
 	for _, r := range busy {
 		if !stepped[r] {
 			stepped[r] = true
-			if err := e.stepLocked(ctx, r); err != nil {
+			if err := e.stepLocked(ctx, r, nil); err != nil {
 				return err
 			}
 		}

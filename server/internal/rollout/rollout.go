@@ -160,6 +160,16 @@ type Options struct {
 	// so scheduled work runs once across replicas. Nil: this process
 	// always steps.
 	Leader Leader
+	// ReportsFeed says every state report this process stores is passed
+	// to Reported. A scheduled step then reads the outcome of only the
+	// devices that reported since the last one, and of every assigned
+	// device once per FullObserve (reports stored by another replica, or
+	// a device that never reports). False: every step reads them all.
+	ReportsFeed bool
+	// FullObserve is how often, at least, a step reads the outcome of
+	// every assigned device when ReportsFeed is set; default ten
+	// TickIntervals.
+	FullObserve time.Duration
 }
 
 // A Leader says whether this replica may run scheduled work now.
@@ -184,9 +194,16 @@ type Engine struct {
 	// kept is, for each steppable rollout, its devices and event keys as
 	// this engine last wrote them: the next step starts from them instead
 	// of reading them again (see loadLocked).
-	kept  map[string]kept // guarded by mu
-	hints Hinter          // guarded by hintMu
-	hmu   sync.Mutex
+	kept map[string]kept // guarded by mu
+	// observedAt is when a step last read the outcome of every assigned
+	// device of a rollout (see Options.ReportsFeed).
+	observedAt map[string]time.Time // guarded by mu
+	hints      Hinter               // guarded by hmu
+	hmu        sync.Mutex
+	// reported are the devices whose reports this process stored since
+	// the last scheduled step (Reported).
+	reported map[string]bool // guarded by rmu
+	rmu      sync.Mutex
 }
 
 // New returns an Engine.
@@ -203,7 +220,31 @@ func New(opts Options) (*Engine, error) {
 	if opts.TickInterval <= 0 {
 		opts.TickInterval = 10 * time.Second
 	}
-	return &Engine{opts: opts, hints: opts.Hints, kept: map[string]kept{}}, nil
+	if opts.FullObserve <= 0 {
+		opts.FullObserve = 10 * opts.TickInterval
+	}
+	return &Engine{opts: opts, hints: opts.Hints, kept: map[string]kept{}, observedAt: map[string]time.Time{}, reported: map[string]bool{}}, nil
+}
+
+// Reported tells the engine that a device's state report was stored (see
+// Options.ReportsFeed).
+func (e *Engine) Reported(deviceID string) {
+	e.rmu.Lock()
+	e.reported[deviceID] = true
+	e.rmu.Unlock()
+}
+
+// takeReported returns the devices that reported since it was last
+// called, or nil when reports are not fed to the engine.
+func (e *Engine) takeReported() map[string]bool {
+	if !e.opts.ReportsFeed {
+		return nil
+	}
+	e.rmu.Lock()
+	defer e.rmu.Unlock()
+	r := e.reported
+	e.reported = map[string]bool{}
+	return r
 }
 
 // SetHinter sets where hints go, once the broker connection exists.
@@ -265,9 +306,16 @@ func (e *Engine) Run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if e.leading(ctx) {
-			if err := e.Tick(ctx); err != nil && ctx.Err() == nil {
+			if err := e.tick(ctx, e.takeReported()); err != nil && ctx.Err() == nil {
 				e.opts.Log.Error("rollout step failed", "err", err)
 			}
+		} else {
+			// Another replica steps, and sees these reports in the store;
+			// when this one leads again, it starts with a full read.
+			e.takeReported()
+			e.mu.Lock()
+			clear(e.observedAt)
+			e.mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():

@@ -88,9 +88,17 @@ type fixture struct {
 
 func newFixture(t *testing.T, s *store.Store, flags allowRollback) *fixture {
 	t.Helper()
+	return newFixtureWith(t, s, flags, func(*rollout.Options) {})
+}
+
+// newFixtureWith is newFixture with the engine's options changed by set.
+func newFixtureWith(t *testing.T, s *store.Store, flags allowRollback, set func(*rollout.Options)) *fixture {
+	t.Helper()
 	f := &fixture{t: t, s: s, clk: &fakeClock{now: t0}, rec: &recorder{}, seq: map[string]uint64{}}
-	e, err := rollout.New(rollout.Options{Store: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Publisher: f.rec,
-		Audit: f.rec.audit, Now: f.clk.Now, Releases: flags, DeferralReminder: 12 * time.Hour})
+	opts := rollout.Options{Store: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Publisher: f.rec,
+		Audit: f.rec.audit, Now: f.clk.Now, Releases: flags, DeferralReminder: 12 * time.Hour}
+	set(&opts)
+	e, err := rollout.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -585,6 +593,52 @@ func TestFailureHiddenByALaterReportCounts(t *testing.T) {
 		got := f.view(v.ID)
 		if got.Status != rollout.StatusHalted || !strings.Contains(got.StatusReason, "health check failed") {
 			t.Fatalf("status %s (%q); want halted naming the hidden roll-back", got.Status, got.StatusReason)
+		}
+	})
+}
+
+// With reports fed to the engine, a scheduled step reads the outcome of the
+// devices that reported through this process, and of every assigned device
+// once per FullObserve (a report stored by another replica).
+func TestStepReadsReportedDevices(t *testing.T) {
+	storetest.ForEach(t, func(t *testing.T, s *store.Store) {
+		f := newFixtureWith(t, s, nil, func(o *rollout.Options) {
+			o.ReportsFeed, o.FullObserve = true, 10*time.Minute
+		})
+		a := f.site("a")
+		for _, id := range []string{"d0", "d1", "d2"} {
+			f.device(a, id, "1.0.0")
+		}
+		rel := f.release("2.0.0")
+		v, err := f.e.Create(context.Background(), rollout.Request{ReleaseID: rel.ID, Actor: "eng"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		step := func() map[string]int {
+			t.Helper()
+			if err := f.e.TickReported(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			return f.view(v.ID).Counts
+		}
+		step() // the first step reads every device: none has reported
+		f.report("d0", protocol.StateCommitted, rel.Version, rel, "")
+		f.e.Reported("d0")
+		f.report("d1", protocol.StateCommitted, rel.Version, rel, "") // through another replica
+		if got := step(); got["succeeded"] != 1 || got["assigned"] != 2 {
+			t.Fatalf("after d0 reported here and d1 elsewhere: counts %v; want d0 succeeded, d1 and d2 assigned", got)
+		}
+		f.clk.Advance(10 * time.Minute)
+		if got := step(); got["succeeded"] != 2 || got["assigned"] != 1 {
+			t.Fatalf("after FullObserve: counts %v; want d0 and d1 succeeded", got)
+		}
+		f.report("d2", protocol.StateCommitted, rel.Version, rel, "")
+		f.e.Reported("d2")
+		if got := step(); got["succeeded"] != 3 {
+			t.Fatalf("after d2 reported: counts %v; want all 3 succeeded", got)
+		}
+		if st := f.view(v.ID).Status; st != rollout.StatusCompleted {
+			t.Fatalf("status %s after every device succeeded, want completed", st)
 		}
 	})
 }

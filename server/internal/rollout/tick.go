@@ -16,8 +16,15 @@ import (
 )
 
 // Tick takes one step of the given rollouts, or of every active one when
-// none is named.
+// none is named. Each step reads the outcome of every assigned device.
 func (e *Engine) Tick(ctx context.Context, rolloutIDs ...string) error {
+	return e.tick(ctx, nil, rolloutIDs...)
+}
+
+// tick is Tick. reported, unless nil, are the devices that reported since
+// the last scheduled step (Options.ReportsFeed): the steps read only their
+// outcomes, and every assigned device's once per FullObserve.
+func (e *Engine) tick(ctx context.Context, reported map[string]bool, rolloutIDs ...string) error {
 	if len(rolloutIDs) == 0 {
 		plans, err := e.opts.Store.RolloutPlans(ctx, activeStatuses...)
 		if err != nil {
@@ -46,7 +53,10 @@ func (e *Engine) Tick(ctx context.Context, rolloutIDs ...string) error {
 	var errs []error
 	for _, id := range rolloutIDs {
 		e.mu.Lock()
-		err := e.stepLocked(ctx, id)
+		err := e.stepLocked(ctx, id, reported)
+		if err != nil {
+			delete(e.observedAt, id) // the reports it took may be lost: read them all next time
+		}
 		e.mu.Unlock()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("step rollout %s: %w", id, err))
@@ -101,6 +111,7 @@ func (e *Engine) keepLocked(st *state, version time.Time) {
 	if !slices.Contains(activeStatuses, st.p.Status) ||
 		(st.p.Status == string(StatusCompleted) && !st.plan.Dynamic && st.count(DeviceHeld, DeviceDeferred, DeviceSelected, DeviceQueued, DeviceAssigned) == 0) {
 		delete(e.kept, st.r.ID)
+		delete(e.observedAt, st.r.ID)
 		return
 	}
 	// As the store returns them: by rank, times in UTC to the microsecond.
@@ -231,8 +242,9 @@ func (e *Engine) save(ctx context.Context, st *state, joined []store.RolloutDevi
 	return nil
 }
 
-// stepLocked takes one step of a rollout. e.mu must be held.
-func (e *Engine) stepLocked(ctx context.Context, id string) error {
+// stepLocked takes one step of a rollout. reported are as for tick. e.mu
+// must be held.
+func (e *Engine) stepLocked(ctx context.Context, id string, reported map[string]bool) error {
 	st, err := e.loadLocked(ctx, id)
 	if err != nil || st.p.Plan == "" {
 		return err
@@ -253,7 +265,7 @@ func (e *Engine) stepLocked(ctx context.Context, id string) error {
 			st.p.Status, status = string(StatusRunning), StatusRunning
 		}
 	}
-	if err := e.observe(ctx, st, now); err != nil {
+	if err := e.observe(ctx, st, reported, now); err != nil {
 		return err
 	}
 	if st.p.Wave >= 0 && st.settled() && st.p.SettledAt.IsZero() {
@@ -322,11 +334,17 @@ func (e *Engine) joinLocked(ctx context.Context, st *state, now time.Time) ([]st
 	return fresh, nil
 }
 
-// observe reads the outcome of every assigned device.
-func (e *Engine) observe(ctx context.Context, st *state, now time.Time) error {
+// observe reads the outcome of the assigned devices: every one, or with
+// reported (see tick) only those that reported, unless the rollout's last
+// full read is FullObserve old.
+func (e *Engine) observe(ctx context.Context, st *state, reported map[string]bool, now time.Time) error {
+	full := reported == nil || now.Sub(e.observedAt[st.r.ID]) >= e.opts.FullObserve
+	if full && reported != nil {
+		e.observedAt[st.r.ID] = now
+	}
 	var assigned []string
 	for _, d := range st.devices {
-		if d.State == string(DeviceAssigned) {
+		if d.State == string(DeviceAssigned) && (full || reported[d.DeviceID]) {
 			assigned = append(assigned, d.DeviceID)
 		}
 	}

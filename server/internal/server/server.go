@@ -135,7 +135,7 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	schedulerLease := s.store.Lease(rolloutSchedulerLease, instanceID(cfg.DataDir), rolloutLeaseTTL(cfg), nil)
 	if s.rollouts, err = rollout.New(rollout.Options{Store: s.store, Log: log.With("component", "rollout"), Publisher: s.rollout,
 		Releases: releaseFlags{s.repo}, MaxDeferral: cfg.MaxDeferral(), DeferralReminder: cfg.DeferralReminder, TickInterval: cfg.RolloutTick,
-		Audit: people.AuditRollout, Leader: schedulerLease}); err != nil {
+		Audit: people.AuditRollout, Leader: schedulerLease, ReportsFeed: true}); err != nil {
 		return nil, err
 	}
 	if err := s.connectBroker(ctx, fl); err != nil {
@@ -190,6 +190,16 @@ func Start(ctx context.Context, cfg config.Config, getenv func(string) string, l
 	return s, nil
 }
 
+// recordReport stores a device's state report and tells the rollout
+// engine, whose next step then reads that device's outcome.
+func (s *Server) recordReport(ctx context.Context, deviceID string, payload []byte) error {
+	if err := s.fleet.RecordReport(ctx, deviceID, payload); err != nil {
+		return err
+	}
+	s.rollouts.Reported(deviceID)
+	return nil
+}
+
 func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	cfg := s.cfg
 	in, submit, err := s.startIngest()
@@ -200,7 +210,7 @@ func (s *Server) connectBroker(ctx context.Context, fl *fleet.Service) error {
 	opts := mqttbridge.Options{
 		BrokerURL: cfg.BrokerURL, ClientID: "aftercare-server-" + instanceID(cfg.DataDir),
 		Username: cfg.BrokerUsername, Password: string(cfg.BrokerPassword),
-		TopicPrefix: cfg.TopicPrefix, ShareGroup: cfg.ShareGroup, OnState: fl.RecordReport, OnEvents: submit, Log: s.log.With("component", "mqtt"),
+		TopicPrefix: cfg.TopicPrefix, ShareGroup: cfg.ShareGroup, OnState: s.recordReport, OnEvents: submit, Log: s.log.With("component", "mqtt"),
 	}
 	deviceBroker := cfg.DeviceBrokerURL
 	if cfg.BrokerURL == "" {
