@@ -3,7 +3,6 @@ package e2e
 import (
 	"database/sql"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,42 +11,13 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver, to make the test's schema
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver, to read the test's database
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/aftercare/aftercare/internal/testenv"
 	"github.com/aftercare/aftercare/protocol"
 )
-
-// postgresSchema makes a schema of its own in the test PostgreSQL (as the
-// store tests do), dropped when t ends, and returns a URL that uses it.
-func postgresSchema(t *testing.T) string {
-	t.Helper()
-	base := testenv.Getenv("AFTERCARE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatalf("AFTERCARE_TEST_POSTGRES: %v", err)
-	}
-	testenv.Need(t, "PostgreSQL", u.Host, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	schema := "e2e_" + randomHex(6)
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		admin.Close()
-		testenv.Missing(t, "PostgreSQL at "+u.Host+" refused CREATE SCHEMA: "+err.Error())
-	}
-	t.Cleanup(func() {
-		admin.Exec("DROP SCHEMA " + schema + " CASCADE")
-		admin.Close()
-	})
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
 
 // replica starts a second server process next to s: the same keys,
 // database, repository directory and broker, a data directory and
@@ -180,7 +150,7 @@ func loggedEvents(t *testing.T, procs ...*proc) map[string]int {
 // increase.
 func TestReplicasShareScheduledWork(t *testing.T) {
 	testenv.Need(t, "Mosquitto", "127.0.0.1:1883", "mosquitto -d -c /etc/mosquitto/mosquitto.conf")
-	dbURL := postgresSchema(t)
+	dbURL := testenv.PostgresSchema(t)
 	shared := t.TempDir()
 	a := startServer(t, serverOptions{brokerURL: "tcp://127.0.0.1:1883", env: []string{
 		"AFTERCARE_DATABASE_URL=" + dbURL,

@@ -2,9 +2,7 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -110,7 +108,7 @@ func BenchmarkCompliance100k(b *testing.B) {
 	b.Run("sqlite", func(b *testing.B) {
 		benchCompliance(b, "sqlite://"+filepath.Join(b.TempDir(), "bench.db"))
 	})
-	b.Run("postgres", func(b *testing.B) { benchCompliance(b, benchPostgresURL(b)) })
+	b.Run("postgres", func(b *testing.B) { benchCompliance(b, testenv.PostgresSchema(b)) })
 }
 
 func benchCompliance(b *testing.B, dbURL string) {
@@ -136,36 +134,4 @@ func benchCompliance(b *testing.B, dbURL string) {
 		}
 		b.ReportMetric(float64(b.Elapsed())/float64(b.N)/float64(500*time.Millisecond), "ratio-to-500ms-goal")
 	})
-}
-
-// benchPostgresURL makes a schema of its own in the test PostgreSQL (as
-// storetest does, which this package cannot import) and skips when none
-// is reachable.
-func benchPostgresURL(b *testing.B) string {
-	b.Helper()
-	base := testenv.Getenv("AFTERCARE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
-	u, err := url.Parse(base)
-	if err != nil {
-		b.Fatalf("AFTERCARE_TEST_POSTGRES: %v", err)
-	}
-	testenv.Need(b, "PostgreSQL", u.Host, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer admin.Close()
-	schema := fmt.Sprintf("bench_%d", time.Now().UnixNano())
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		testenv.Missing(b, "PostgreSQL refused CREATE SCHEMA: "+err.Error())
-	}
-	b.Cleanup(func() {
-		if admin, err := sql.Open("pgx", base); err == nil {
-			admin.Exec("DROP SCHEMA " + schema + " CASCADE")
-			admin.Close()
-		}
-	})
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
 }

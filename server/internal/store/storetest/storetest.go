@@ -6,19 +6,12 @@ package storetest
 
 import (
 	"context"
-	"crypto/rand"
-	"database/sql"
-	"encoding/hex"
-	"net/url"
 	"path/filepath"
 	"testing"
 
 	"github.com/aftercare/aftercare/internal/testenv"
 	"github.com/aftercare/aftercare/server/internal/store"
 )
-
-// DefaultPostgres is used when AFTERCARE_TEST_POSTGRES is unset.
-const DefaultPostgres = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
 // ForEach runs fn as a subtest on SQLite and on PostgreSQL.
 func ForEach(t *testing.T, fn func(t *testing.T, s *store.Store)) {
@@ -44,34 +37,7 @@ func SQLite(t testing.TB) *store.Store {
 // PostgreSQL is not reachable.
 func PostgresURL(t testing.TB) string {
 	t.Helper()
-	base := testenv.Getenv("AFTERCARE_TEST_POSTGRES", DefaultPostgres)
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatalf("AFTERCARE_TEST_POSTGRES: %v", err)
-	}
-	testenv.Need(t, "PostgreSQL", u.Host, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "t_" + hex.EncodeToString(b)
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		testenv.Missing(t, "PostgreSQL at "+u.Host+" refused CREATE SCHEMA: "+err.Error())
-	}
-	t.Cleanup(func() {
-		admin, err := sql.Open("pgx", base)
-		if err == nil {
-			admin.Exec("DROP SCHEMA " + schema + " CASCADE")
-			admin.Close()
-		}
-	})
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return testenv.PostgresSchema(t)
 }
 
 // Postgres opens a store on a schema of its own in PostgreSQL.
