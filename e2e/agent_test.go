@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aftercare/aftercare/internal/testenv"
 )
 
 // agentDevice is one device running the real aftercare-agent binary with
@@ -66,7 +68,7 @@ log_level: debug
 // offline points the agent at addresses where nothing listens.
 func (d *agentDevice) offline(t *testing.T, s *server) {
 	t.Helper()
-	d.configure(t, s, agentConfig{serverURL: "http://" + freeAddr(t), brokerURL: "tcp://" + freeAddr(t)})
+	d.configure(t, s, agentConfig{serverURL: "http://" + testenv.FreeAddr(t), brokerURL: "tcp://" + testenv.FreeAddr(t)})
 }
 
 // online points the agent at the test server and its broker.

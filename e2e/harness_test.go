@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aftercare/aftercare/internal/testenv"
 )
 
 // bin is where TestMain built the binaries.
@@ -44,17 +45,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func randomHex(n int) string {
@@ -145,7 +135,7 @@ func startServer(t *testing.T, o serverOptions) *server {
 	dir := t.TempDir()
 	s := &server{dataDir: filepath.Join(dir, "data"), keysDir: filepath.Join(dir, "keys"), token: "aca_" + randomHex(16)}
 	runCLI(t, nil, append([]string{"keys", "init", "--dir", s.keysDir}, o.keysInit...)...)
-	s.listen = freeAddr(t)
+	s.listen = testenv.FreeAddr(t)
 	s.url = "http://" + s.listen
 	s.env = []string{
 		"AFTERCARE_RELEASE_ROOT=" + filepath.Join(s.keysDir, "1.root.json"),
@@ -163,7 +153,7 @@ func startServer(t *testing.T, o serverOptions) *server {
 		s.env = append(s.env, "AFTERCARE_BROKER_URL="+o.brokerURL)
 		s.deviceBroker = o.brokerURL
 	} else {
-		b := freeAddr(t)
+		b := testenv.FreeAddr(t)
 		s.env = append(s.env, "AFTERCARE_EMBEDDED_BROKER_LISTEN="+b)
 		s.deviceBroker = "ssl://" + b // the embedded broker takes devices over mutual TLS only
 	}

@@ -62,7 +62,7 @@ func TestRolloutMosquittoMTLS(t *testing.T) {
 	caCert, caKey := loadCA(t, s.dataDir)
 	issueTo(t, dir, "broker", "broker", x509.ExtKeyUsageServerAuth, caCert, caKey)
 	issueTo(t, dir, "server-client", "aftercare:server", x509.ExtKeyUsageClientAuth, caCert, caKey)
-	m := &mosq{bin: bin, addr: freeAddr(t), dir: dir}
+	m := &mosq{bin: bin, addr: testenv.FreeAddr(t), dir: dir}
 	m.configure(t, filepath.Join(s.dataDir, "device-ca.pem"), filepath.Join(s.dataDir, "device-crl.pem"))
 	m.start(t)
 	t.Cleanup(func() {

@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/aftercare/aftercare/internal/testenv"
 )
 
 // tcpProxy forwards connections from its own loopback address to a target
@@ -21,7 +23,7 @@ type tcpProxy struct {
 
 func newTCPProxy(t *testing.T, target string) *tcpProxy {
 	t.Helper()
-	p := &tcpProxy{addr: freeAddr(t), target: target, conns: map[net.Conn]struct{}{}}
+	p := &tcpProxy{addr: testenv.FreeAddr(t), target: target, conns: map[net.Conn]struct{}{}}
 	p.restore(t)
 	t.Cleanup(func() {
 		p.cut()

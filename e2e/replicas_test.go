@@ -26,7 +26,7 @@ func (s *server) replica(t *testing.T, env ...string) *server {
 	t.Helper()
 	r := *s
 	r.dataDir = filepath.Join(t.TempDir(), "data")
-	r.listen = freeAddr(t)
+	r.listen = testenv.FreeAddr(t)
 	r.url = "http://" + r.listen
 	r.env = append(slices.Clone(s.env), env...)
 	r.launch(t)

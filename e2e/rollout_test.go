@@ -152,7 +152,7 @@ func TestPollFindsUpdateWithoutHints(t *testing.T) {
 	f := enroll(t, s, map[string]int{"St. Mary Radiology": 1})
 	// The device cannot reach the broker: no hint and no report gets
 	// through, only its poll timer and HTTP.
-	dead := "tcp://" + freeAddr(t)
+	dead := "tcp://" + testenv.FreeAddr(t)
 	offline := runSim(t, s, f, dead, time.Second)
 	waitFor(t, 30*time.Second, "the device enrolled", func() bool {
 		var out struct{ Devices []devicePatch }

@@ -38,3 +38,15 @@ func Getenv(name, def string) string {
 	}
 	return def
 }
+
+// FreeAddr returns a loopback address whose port was free a moment ago,
+// for a server the test starts in another process.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}

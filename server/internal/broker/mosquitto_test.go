@@ -44,7 +44,7 @@ func TestMosquittoAttacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "aftercare.acl"), acl, 0o644)
-	m := &mosquitto{conf: filepath.Join(dir, "mosquitto.conf"), log: filepath.Join(dir, "mosquitto.log"), addr: freeAddr(t)}
+	m := &mosquitto{conf: filepath.Join(dir, "mosquitto.conf"), log: filepath.Join(dir, "mosquitto.log"), addr: testenv.FreeAddr(t)}
 	writeTestConf(t, m, dir)
 	m.start(t, bin)
 	t.Cleanup(func() {
@@ -110,16 +110,6 @@ func writeTestConf(t *testing.T, m *mosquitto, dir string) {
 	if err := os.WriteFile(m.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (m *mosquitto) start(t *testing.T, bin string) {

@@ -100,7 +100,7 @@ func newSimEnv(tb testing.TB, brokerURL string, extra ...string) *simEnv {
 	}
 	dir := tb.TempDir()
 	e := &simEnv{bin: bin, dir: dir, keys: filepath.Join(dir, "keys"), data: filepath.Join(dir, "data"),
-		token: "aca_fleetsim" + strconv.FormatInt(time.Now().UnixNano(), 16), listen: freeAddr(tb)}
+		token: "aca_fleetsim" + strconv.FormatInt(time.Now().UnixNano(), 16), listen: testenv.FreeAddr(tb)}
 	e.url = "http://" + e.listen
 	e.cli(tb, "keys", "init", "--dir", e.keys)
 	e.env = []string{
@@ -121,7 +121,7 @@ func newSimEnv(tb testing.TB, brokerURL string, extra ...string) *simEnv {
 			"AFTERCARE_BROKER_CLIENT_CERT="+filepath.Join(dir, "server.pem"),
 			"AFTERCARE_BROKER_CLIENT_KEY="+filepath.Join(dir, "server.key"))
 	} else {
-		e.env = append(e.env, "AFTERCARE_EMBEDDED_BROKER_LISTEN="+freeAddr(tb))
+		e.env = append(e.env, "AFTERCARE_EMBEDDED_BROKER_LISTEN="+testenv.FreeAddr(tb))
 	}
 	e.env = append(e.env, extra...)
 	vars := map[string]string{}
@@ -139,16 +139,6 @@ func newSimEnv(tb testing.TB, brokerURL string, extra ...string) *simEnv {
 		tb.Fatal(err)
 	}
 	return e
-}
-
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // cli runs the aftercare CLI against the server and returns its output.
@@ -840,7 +830,7 @@ func startMosquitto(tb testing.TB) *mosquittoProc {
 	if err != nil {
 		testenv.Missing(tb, "mosquitto is not installed; install it with: apt-get install mosquitto")
 	}
-	return &mosquittoProc{bin: bin, addr: freeAddr(tb), dir: tb.TempDir()}
+	return &mosquittoProc{bin: bin, addr: testenv.FreeAddr(tb), dir: tb.TempDir()}
 }
 
 // configure writes the broker's certificate and configuration for e's
