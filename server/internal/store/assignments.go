@@ -22,16 +22,7 @@ func (s *Store) AssignedDevices(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list assigned devices: %w", err)
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return collect(rows, scanString)
 }
 
 // assignmentsChunk bounds the IN list of one query, far below SQLite's and

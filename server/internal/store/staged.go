@@ -420,16 +420,7 @@ func (s *Store) SiteRollouts(ctx context.Context, siteID string, states ...strin
 	if err != nil {
 		return nil, fmt.Errorf("list rollouts of site: %w", err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
+	return collect(rows, scanString)
 }
 
 // DevicesByID returns the given devices by ID; unknown IDs are left out.

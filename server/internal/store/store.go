@@ -200,6 +200,14 @@ func collect[T any](rows *sql.Rows, scan func(interface{ Scan(...any) error }) (
 	return out, rows.Err()
 }
 
+// scanString scans a row of one text column; with collect it reads such a
+// query into a []string.
+func scanString(sc interface{ Scan(...any) error }) (string, error) {
+	var v string
+	err := sc.Scan(&v)
+	return v, err
+}
+
 func (s *Store) migrate(ctx context.Context) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)`); err != nil {
 		return fmt.Errorf("create schema_migrations: %w", err)
