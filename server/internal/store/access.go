@@ -77,18 +77,13 @@ func (s *Store) Organisations(ctx context.Context) ([]Organisation, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Organisation
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (Organisation, error) {
 		var o Organisation
 		var created string
-		if err := rows.Scan(&o.ID, &o.Name, &created); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&o.ID, &o.Name, &created)
 		o.CreatedAt = parseTime(created)
-		out = append(out, o)
-	}
-	return out, rows.Err()
+		return o, err
+	})
 }
 
 // MoveSite puts a site into an organisation and appends rec to the audit
@@ -166,20 +161,16 @@ func (s *Store) users(ctx context.Context, where string, args ...any) ([]User, e
 	if err != nil {
 		return nil, fmt.Errorf("read users: %w", err)
 	}
-	var out []User
-	for rows.Next() {
+	// collect closes rows, so the site queries below do not hold a second connection.
+	out, err := collect(rows, func(sc interface{ Scan(...any) error }) (User, error) {
 		var u User
 		var org, disabled sql.NullString
 		var created string
-		if err := rows.Scan(&u.ID, &u.Name, &u.Role, &org, &created, &disabled); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read users: %w", err)
-		}
+		err := sc.Scan(&u.ID, &u.Name, &u.Role, &org, &created, &disabled)
 		u.OrganisationID, u.CreatedAt, u.DisabledAt = org.String, parseTime(created), parseNullTime(disabled)
-		out = append(out, u)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+		return u, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read users: %w", err)
 	}
 	for i := range out {
