@@ -78,19 +78,14 @@ func (s *Store) AlertRules(ctx context.Context) ([]AlertRule, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read alert rules: %w", err)
 	}
-	defer rows.Close()
-	var out []AlertRule
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (AlertRule, error) {
 		var r AlertRule
 		var window, builtin, enabled int64
 		var created string
-		if err := rows.Scan(&r.ID, &r.Name, &r.Category, &r.MinSeverity, &r.Event, &r.Threshold, &window, &builtin, &enabled, &created); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&r.ID, &r.Name, &r.Category, &r.MinSeverity, &r.Event, &r.Threshold, &window, &builtin, &enabled, &created)
 		r.Window, r.Builtin, r.Enabled, r.CreatedAt = time.Duration(window)*time.Second, builtin == 1, enabled == 1, parseTime(created)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+		return r, err
+	})
 }
 
 // CreateAlertRule stores a custom rule with its audit records.
