@@ -41,19 +41,15 @@ func (s *Store) AssignmentsOf(ctx context.Context, deviceIDs []string) ([]Device
 		if err != nil {
 			return nil, fmt.Errorf("read assignments: %w", err)
 		}
-		for rows.Next() {
+		part, err := collect(rows, func(sc interface{ Scan(...any) error }) (DeviceAssignment, error) {
 			var a DeviceAssignment
-			if err := rows.Scan(&a.DeviceID, &a.SiteID, &a.RolloutID, &a.ReleaseID, &a.TargetPath); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out = append(out, a)
-		}
-		err = rows.Err()
-		rows.Close()
+			err := sc.Scan(&a.DeviceID, &a.SiteID, &a.RolloutID, &a.ReleaseID, &a.TargetPath)
+			return a, err
+		})
 		if err != nil {
 			return nil, err
 		}
+		out = append(out, part...)
 	}
 	return out, nil
 }
