@@ -94,13 +94,12 @@ func (s *Store) AuditEntries(ctx context.Context, f AuditFilter) ([]audit.Entry,
 	if err != nil {
 		return nil, fmt.Errorf("read audit log: %w", err)
 	}
-	defer rows.Close()
-	var out []audit.Entry
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (audit.Entry, error) {
 		var e audit.Entry
 		var at, details string
-		if err := rows.Scan(&e.Seq, &at, &e.Actor, &e.Role, &e.Action, &e.Object, &e.Outcome, &e.Reason, &details, &e.PrevHash, &e.Hash); err != nil {
-			return nil, fmt.Errorf("read audit log: %w", err)
+		err := sc.Scan(&e.Seq, &at, &e.Actor, &e.Role, &e.Action, &e.Object, &e.Outcome, &e.Reason, &details, &e.PrevHash, &e.Hash)
+		if err != nil {
+			return e, fmt.Errorf("read audit log: %w", err)
 		}
 		e.At, err = time.Parse(audit.TimeLayout, at)
 		if err != nil {
@@ -109,9 +108,8 @@ func (s *Store) AuditEntries(ctx context.Context, f AuditFilter) ([]audit.Entry,
 			e.At = time.Time{}
 		}
 		e.Details = json.RawMessage(details)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+		return e, nil
+	})
 }
 
 // VerifyAudit checks the whole audit log, page by page, and returns its
