@@ -85,18 +85,13 @@ func (s *Store) DeviceCerts(ctx context.Context, deviceID string) ([]DeviceCert,
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []DeviceCert
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (DeviceCert, error) {
 		var c DeviceCert
 		var nb, na, ia string
-		if err := rows.Scan(&c.Serial, &c.DeviceID, &nb, &na, &ia); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&c.Serial, &c.DeviceID, &nb, &na, &ia)
 		c.NotBefore, c.NotAfter, c.IssuedAt = parseTime(nb), parseTime(na), parseTime(ia)
-		out = append(out, c)
-	}
-	return out, rows.Err()
+		return c, err
+	})
 }
 
 // RevokedCerts returns the certificates of revoked devices that have not
@@ -107,16 +102,11 @@ func (s *Store) RevokedCerts(ctx context.Context, now time.Time) ([]RevokedCert,
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []RevokedCert
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (RevokedCert, error) {
 		var r RevokedCert
 		var at string
-		if err := rows.Scan(&r.Serial, &at); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&r.Serial, &at)
 		r.RevokedAt = parseTime(at)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+		return r, err
+	})
 }
