@@ -128,19 +128,14 @@ func (s *Store) DispositionHistory(ctx context.Context, f DispositionFilter) ([]
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []DispositionChange
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (DispositionChange, error) {
 		var c DispositionChange
 		var at string
-		if err := rows.Scan(&c.ID, &c.Product, &c.VulnID, &c.ReleaseID, &c.Status, &c.Justification, &c.Detail, &c.TargetRelease,
-			&c.FixedRelease, &c.PreviousStatus, &c.Actor, &c.Reason, &at); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&c.ID, &c.Product, &c.VulnID, &c.ReleaseID, &c.Status, &c.Justification, &c.Detail, &c.TargetRelease,
+			&c.FixedRelease, &c.PreviousStatus, &c.Actor, &c.Reason, &at)
 		c.At = parseTime(at)
-		out = append(out, c)
-	}
-	return out, rows.Err()
+		return c, err
+	})
 }
 
 // A VEXStatement is one statement of an imported supplier VEX document.
@@ -175,16 +170,11 @@ func (s *Store) VEXStatements(ctx context.Context) ([]VEXStatement, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []VEXStatement
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (VEXStatement, error) {
 		var st VEXStatement
 		var at string
-		if err := rows.Scan(&st.Document, &st.Author, &st.VulnID, &st.Product, &st.Status, &st.Justification, &st.Detail, &at); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&st.Document, &st.Author, &st.VulnID, &st.Product, &st.Status, &st.Justification, &st.Detail, &at)
 		st.ImportedAt = parseTime(at)
-		out = append(out, st)
-	}
-	return out, rows.Err()
+		return st, err
+	})
 }
