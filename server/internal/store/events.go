@@ -221,22 +221,19 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]StoredEvent, error
 	if err != nil {
 		return nil, fmt.Errorf("query events: %w", err)
 	}
-	defer rows.Close()
-	var out []StoredEvent
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (StoredEvent, error) {
 		var e StoredEvent
 		var at, received, fields string
 		var seq, dropped int64
-		if err := rows.Scan(&e.DeviceID, &e.SiteID, &e.Organisation, &seq, &at, &e.Source, &e.Category, &e.Severity, &e.Message, &fields, &dropped, &received); err != nil {
-			return nil, err
+		if err := sc.Scan(&e.DeviceID, &e.SiteID, &e.Organisation, &seq, &at, &e.Source, &e.Category, &e.Severity, &e.Message, &fields, &dropped, &received); err != nil {
+			return e, err
 		}
 		e.Seq, e.Dropped, e.Time, e.ReceivedAt = uint64(seq), uint64(dropped), parseTime(at), parseTime(received)
 		if fields != "{}" {
 			json.Unmarshal([]byte(fields), &e.Fields)
 		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
+		return e, nil
+	})
 }
 
 // A Gap is a run of sequence numbers a device used (a later one arrived)
