@@ -196,18 +196,15 @@ func (s *Store) ExposedDevices(ctx context.Context, releaseIDs, siteIDs []string
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []ExposedDevice
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (ExposedDevice, error) {
 		var target, targetVersion sql.NullString
-		d, err := scanDevice(rows, &target, &targetVersion)
+		d, err := scanDevice(sc, &target, &targetVersion)
 		if err != nil {
-			return nil, err
+			return ExposedDevice{}, err
 		}
 		e := ExposedDevice{DevicePatch: DevicePatch{Device: d, TargetReleaseID: target.String, TargetVersion: targetVersion.String}}
 		e.Status = statusOf(e.DevicePatch)
 		e.ReleaseID = running[[2]string{d.Model, d.InstalledVersion}][0]
-		out = append(out, e)
-	}
-	return out, rows.Err()
+		return e, nil
+	})
 }
