@@ -130,16 +130,11 @@ func (s *Store) OpenFindings(ctx context.Context) ([]OpenFinding, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []OpenFinding
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (OpenFinding, error) {
 		var f OpenFinding
-		if err := rows.Scan(&f.ReleaseID, &f.VulnID, &f.Severity, &f.Summary); err != nil {
-			return nil, err
-		}
-		out = append(out, f)
-	}
-	return out, rows.Err()
+		err := sc.Scan(&f.ReleaseID, &f.VulnID, &f.Severity, &f.Summary)
+		return f, err
+	})
 }
 
 func nonNilRules(r []FindingRule) []FindingRule {
