@@ -114,18 +114,13 @@ func (s *Store) Sites(ctx context.Context) ([]Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Site
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (Site, error) {
 		var site Site
 		var created string
-		if err := rows.Scan(&site.ID, &site.Name, &site.OrganisationID, &site.Organisation, &created); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&site.ID, &site.Name, &site.OrganisationID, &site.Organisation, &created)
 		site.CreatedAt = parseTime(created)
-		out = append(out, site)
-	}
-	return out, rows.Err()
+		return site, err
+	})
 }
 
 // CreateEnrollmentToken records the hash of a one-time enrollment token for
