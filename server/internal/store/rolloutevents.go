@@ -60,16 +60,15 @@ func (s *Store) RolloutEvents(ctx context.Context, rolloutID, siteID string) ([]
 	if err != nil {
 		return nil, fmt.Errorf("list rollout events: %w", err)
 	}
-	defer rows.Close()
-	out := []RolloutEvent{}
-	for rows.Next() {
+	out, err := collect(rows, func(sc interface{ Scan(...any) error }) (RolloutEvent, error) {
 		var e RolloutEvent
 		var at string
-		if err := rows.Scan(&e.RolloutID, &e.Key, &e.Kind, &e.SiteID, &e.Detail, &at); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&e.RolloutID, &e.Key, &e.Kind, &e.SiteID, &e.Detail, &at)
 		e.At = parseTime(at)
-		out = append(out, e)
+		return e, err
+	})
+	if out == nil && err == nil {
+		out = []RolloutEvent{} // no events: empty, not nil
 	}
-	return out, rows.Err()
+	return out, err
 }
