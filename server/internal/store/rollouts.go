@@ -187,16 +187,11 @@ func (s *Store) Reports(ctx context.Context, deviceID string) ([]Report, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Report
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (Report, error) {
 		var r Report
 		var reported, received string
-		if err := rows.Scan(&r.Seq, &r.State, &r.Running, &r.Target, &r.Version, &r.Reason, &r.Dropped, &reported, &received); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&r.Seq, &r.State, &r.Running, &r.Target, &r.Version, &r.Reason, &r.Dropped, &reported, &received)
 		r.ReportedAt, r.ReceivedAt = parseTime(reported), parseTime(received)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+		return r, err
+	})
 }
