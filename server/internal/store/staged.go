@@ -132,19 +132,14 @@ func (s *Store) RolloutDevices(ctx context.Context, rolloutID string) ([]Rollout
 	if err != nil {
 		return nil, fmt.Errorf("list rollout devices: %w", err)
 	}
-	defer rows.Close()
-	var out []RolloutDevice
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (RolloutDevice, error) {
 		var d RolloutDevice
 		var joined, updated string
-		if err := rows.Scan(&d.RolloutID, &d.DeviceID, &d.SiteID, &d.Role, &d.Rank, &d.Wave, &d.State, &d.Reason,
-			&d.FromVersion, &joined, &updated); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&d.RolloutID, &d.DeviceID, &d.SiteID, &d.Role, &d.Rank, &d.Wave, &d.State, &d.Reason,
+			&d.FromVersion, &joined, &updated)
 		d.JoinedAt, d.UpdatedAt = parseTime(joined), parseTime(updated)
-		out = append(out, d)
-	}
-	return out, rows.Err()
+		return d, err
+	})
 }
 
 // A TickUpdate is what one scheduler step changes in a rollout, written in
@@ -397,19 +392,14 @@ func (s *Store) SiteDecisions(ctx context.Context, rolloutID, siteID string) ([]
 	if err != nil {
 		return nil, fmt.Errorf("read site decisions: %w", err)
 	}
-	defer rows.Close()
-	var out []SiteDecision
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (SiteDecision, error) {
 		var d SiteDecision
 		var until sql.NullString
 		var decided string
-		if err := rows.Scan(&d.RolloutID, &d.SiteID, &d.Decision, &until, &d.Reason, &d.Actor, &decided); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&d.RolloutID, &d.SiteID, &d.Decision, &until, &d.Reason, &d.Actor, &decided)
 		d.DeferredUntil, d.DecidedAt = parseNullTime(until), parseTime(decided)
-		out = append(out, d)
-	}
-	return out, rows.Err()
+		return d, err
+	})
 }
 
 // SiteRollouts returns the IDs of the rollouts that have devices of a site
