@@ -110,26 +110,23 @@ func (s *Store) TriageItems(ctx context.Context, products []string, openOnly boo
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []TriageItem
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (TriageItem, error) {
 		var it TriageItem
 		var kev int
 		var reasons, releases, opened, due string
 		var closed sql.NullString
-		if err := rows.Scan(&it.ID, &it.Product, &it.VulnID, &it.Severity, &kev, &it.EPSS, &reasons, &releases, &opened, &due, &closed, &it.ClosedBy); err != nil {
-			return nil, err
+		if err := sc.Scan(&it.ID, &it.Product, &it.VulnID, &it.Severity, &kev, &it.EPSS, &reasons, &releases, &opened, &due, &closed, &it.ClosedBy); err != nil {
+			return it, err
 		}
 		it.KEV, it.OpenedAt, it.DueAt, it.ClosedAt = kev != 0, parseTime(opened), parseTime(due), parseNullTime(closed)
 		if err := fromJSONText(reasons, &it.Reasons); err != nil {
-			return nil, err
+			return it, err
 		}
 		if err := fromJSONText(releases, &it.Releases); err != nil {
-			return nil, err
+			return it, err
 		}
-		out = append(out, it)
-	}
-	return out, rows.Err()
+		return it, nil
+	})
 }
 
 // PendingNotifications returns undelivered notifications, oldest first.
@@ -139,18 +136,13 @@ func (s *Store) PendingNotifications(ctx context.Context, limit int) ([]Notifica
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Notification
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (Notification, error) {
 		var n Notification
 		var created string
-		if err := rows.Scan(&n.ID, &n.Channel, &n.Subject, &n.Body, &n.Attempts, &n.LastError, &created); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&n.ID, &n.Channel, &n.Subject, &n.Body, &n.Attempts, &n.LastError, &created)
 		n.CreatedAt = parseTime(created)
-		out = append(out, n)
-	}
-	return out, rows.Err()
+		return n, err
+	})
 }
 
 // MarkNotification records a delivery attempt: sent, or failed with errMsg.
