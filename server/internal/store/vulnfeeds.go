@@ -170,18 +170,13 @@ func (s *Store) Feeds(ctx context.Context) ([]Feed, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Feed
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (Feed, error) {
 		var f Feed
 		var imported, attempt sql.NullString
-		if err := rows.Scan(&f.Name, &f.Kind, &f.Source, &f.Records, &f.SHA256, &f.Version, &imported, &f.ETag, &f.LastModified, &attempt, &f.LastError); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&f.Name, &f.Kind, &f.Source, &f.Records, &f.SHA256, &f.Version, &imported, &f.ETag, &f.LastModified, &attempt, &f.LastError)
 		f.ImportedAt, f.LastAttemptAt = parseNullTime(imported), parseNullTime(attempt)
-		out = append(out, f)
-	}
-	return out, rows.Err()
+		return f, err
+	})
 }
 
 // AdvisoriesByKeys returns the data of every advisory found under one of
@@ -227,18 +222,13 @@ func (s *Store) AdvisoriesByCVE(ctx context.Context, cve string) ([]StoredAdviso
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []StoredAdvisory
-	for rows.Next() {
+	return collect(rows, func(sc interface{ Scan(...any) error }) (StoredAdvisory, error) {
 		var a StoredAdvisory
 		var modified, data string
-		if err := rows.Scan(&a.Source, &a.ID, &modified, &data); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&a.Source, &a.ID, &modified, &data)
 		a.Modified, a.Data = parseTime(modified), []byte(data)
-		out = append(out, a)
-	}
-	return out, rows.Err()
+		return a, err
+	})
 }
 
 // KEVFor returns the KEV entries of the given CVEs.
