@@ -105,13 +105,7 @@ func (p *proc) stop() {
 		return
 	default:
 	}
-	p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.exited:
-	case <-time.After(15 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.exited
-	}
+	testenv.Stop(p.cmd.Process, p.exited, os.Interrupt, 15*time.Second)
 }
 
 // server is a running aftercare-server with its keys.

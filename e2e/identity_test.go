@@ -225,13 +225,7 @@ func (m *mosq) stop() {
 		return
 	default:
 	}
-	m.proc.Process.Signal(os.Interrupt)
-	select {
-	case <-m.exited:
-	case <-time.After(10 * time.Second):
-		m.proc.Process.Kill()
-		<-m.exited
-	}
+	testenv.Stop(m.proc.Process, m.exited, os.Interrupt, 10*time.Second)
 }
 
 // TestDevicesOverHTTPSRenewTheirCertificates runs the API over HTTPS with

@@ -50,3 +50,15 @@ func FreeAddr(t testing.TB) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// Stop sends p sig and waits until exited is closed (by whoever waits for
+// p); if p has not exited after grace, it kills p and waits again.
+func Stop(p *os.Process, exited <-chan struct{}, sig os.Signal, grace time.Duration) {
+	p.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(grace):
+		p.Kill()
+		<-exited
+	}
+}

@@ -155,11 +155,5 @@ func (m *mosquitto) stop(t *testing.T) {
 		return
 	default:
 	}
-	m.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-m.exited:
-	case <-time.After(10 * time.Second):
-		m.cmd.Process.Kill()
-		<-m.exited
-	}
+	testenv.Stop(m.cmd.Process, m.exited, syscall.SIGTERM, 10*time.Second)
 }

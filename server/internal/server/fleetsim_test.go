@@ -308,13 +308,7 @@ func (e *simEnv) stopServer(tb testing.TB) {
 	if e.server == nil {
 		return
 	}
-	e.server.Process.Signal(os.Interrupt)
-	select {
-	case <-e.exited:
-	case <-time.After(20 * time.Second):
-		e.server.Process.Kill()
-		<-e.exited
-	}
+	testenv.Stop(e.server.Process, e.exited, os.Interrupt, 20*time.Second)
 	if tb.Failed() {
 		tb.Logf("--- server log (tail) ---\n%s", e.logTail())
 	}
@@ -881,15 +875,7 @@ func (m *mosquittoProc) configure(tb testing.TB, e *simEnv) {
 	}
 	exited := make(chan struct{})
 	go func() { m.cmd.Wait(); logf.Close(); close(exited) }()
-	tb.Cleanup(func() {
-		m.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			m.cmd.Process.Kill()
-			<-exited
-		}
-	})
+	tb.Cleanup(func() { testenv.Stop(m.cmd.Process, exited, syscall.SIGTERM, 10*time.Second) })
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		if c, err := net.DialTimeout("tcp", m.addr, time.Second); err == nil {
 			c.Close()
