@@ -47,25 +47,7 @@ func TestSessionTakeoverLosesNothing(t *testing.T) {
 	}
 	srv := connectServer()
 
-	var wg sync.WaitGroup
-	for _, id := range devices {
-		c := p.certs[id]
-		dev, err := dial(t, p, b.url, dialOptions{cert: &c, clientID: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perDevice {
-				tok := dev.Publish(protocol.DeviceTopic(prefix, id, protocol.KindState), 1, false, fmt.Sprintf("%s %d", id, i))
-				if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-					t.Errorf("%s publish %d: %v", id, i, tok.Error())
-					return
-				}
-			}
-		}()
-	}
+	wg := publishReports(t, p, b.url, devices, perDevice, 1, "", 10*time.Second)
 	for range reconnects {
 		time.Sleep(20 * time.Millisecond)
 		srv.Disconnect(0)
@@ -135,28 +117,7 @@ func TestSlowServerLosesNothing(t *testing.T) {
 	if tok := srv.Subscribe("$share/g/"+protocol.DeviceWildcard(prefix, protocol.KindState), 1, handle); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("server subscribe: %v", tok.Error())
 	}
-	var wg sync.WaitGroup
-	for _, id := range devices {
-		c := p.certs[id]
-		dev, err := dial(t, p, b.url, dialOptions{cert: &c, clientID: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var toks []paho.Token
-			for i := range perDevice {
-				toks = append(toks, dev.Publish(protocol.DeviceTopic(prefix, id, protocol.KindState), 1, false, fmt.Sprintf("%s %d", id, i)+payload))
-			}
-			for i, tok := range toks {
-				if !tok.WaitTimeout(time.Minute) || tok.Error() != nil {
-					t.Errorf("%s publish %d: %v", id, i, tok.Error())
-					return
-				}
-			}
-		}()
-	}
+	wg := publishReports(t, p, b.url, devices, perDevice, perDevice, payload, time.Minute)
 	time.Sleep(2 * time.Second) // let the devices fill every queue
 	close(release)
 	wg.Wait()
@@ -174,4 +135,39 @@ func TestSlowServerLosesNothing(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// publishReports connects each device and has it publish n state reports,
+// "<device> <i>" followed by suffix, at QoS 1, with at most inFlight of
+// them awaiting their PUBACK at a time and each acknowledged within
+// ackWait. The group is done when every device is.
+func publishReports(t *testing.T, p *pki, url string, devices []string, n, inFlight int, suffix string, ackWait time.Duration) *sync.WaitGroup {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, id := range devices {
+		c := p.certs[id]
+		dev, err := dial(t, p, url, dialOptions{cert: &c, clientID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var toks []paho.Token
+			for i := range n {
+				toks = append(toks, dev.Publish(protocol.DeviceTopic(prefix, id, protocol.KindState), 1, false, fmt.Sprintf("%s %d", id, i)+suffix))
+				if len(toks) < inFlight && i < n-1 {
+					continue
+				}
+				for j, tok := range toks {
+					if !tok.WaitTimeout(ackWait) || tok.Error() != nil {
+						t.Errorf("%s publish %d: %v", id, i-len(toks)+1+j, tok.Error())
+						return
+					}
+				}
+				toks = toks[:0]
+			}
+		}()
+	}
+	return &wg
 }
